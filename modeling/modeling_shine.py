@@ -1,0 +1,433 @@
+"""SHINE: a hypernetwork that writes a LoRA for a frozen causal LM from a context, in one pass.
+
+`ShineForCausalLM` wraps an unmodified transformers causal LM (`model.backbone`) and a
+`ShineHypernetwork` (memory tokens, meta-LoRA, M2P). LoRAs reach the backbone through forward
+hooks on its target projections (see `lora.py`), so one code path serves training, inference,
+generation with the KV cache and a batch of different adapters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationMixin, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from .adapter import ShineAdapter
+from .configuration_shine import ShineConfig
+from .errors import BackboneMismatchError, ContextTooLongError, EmptyContextError
+from .hypernetwork import LoraParameters, M2PTransformer, ShineHypernetwork
+from .lora import LoraDict, LoraInjector, TargetModule, discover_target_modules
+from .prompting import question_prompt
+
+ContextInput = str | Sequence[str] | torch.Tensor | Sequence[Sequence[int]]
+
+
+class ShinePreTrainedModel(PreTrainedModel):
+    config_class = ShineConfig
+    base_model_prefix = "hypernetwork"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _no_split_modules = ["ShineHypernetwork"]
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # Reference init: memory tokens and position embeddings zero, meta-LoRA A ~ N(0,1)*sqrt(s)
+        # and B = 0; the M2P's linear layers keep PyTorch's defaults, as in the reference.
+        if isinstance(module, LoraParameters):
+            module.reset_parameters(self.config.lora_scale)
+        elif isinstance(module, M2PTransformer):
+            nn.init.zeros_(module.layer_pe)
+            nn.init.zeros_(module.token_pe)
+        elif isinstance(module, ShineHypernetwork):
+            nn.init.zeros_(module.memory_tokens)
+
+
+class ShineForCausalLM(ShinePreTrainedModel, GenerationMixin):
+    """A SHINE hypernetwork around a frozen transformers causal LM.
+
+    Build a new one with `from_backbone`, load a trained one with `from_pretrained`. Then:
+
+    ```python
+    adapter = model.internalize("The contract was signed by Alice in Lyon.")
+    model.generate_text("Who signed the contract?", adapter=adapter)
+    adapter.save_pretrained("contract-lora")  # a standard PEFT adapter
+    ```
+
+    Args:
+        config: The SHINE configuration.
+        backbone: The loaded backbone. If omitted, one is built from `config.backbone_config`
+            with random weights (what `from_pretrained` replaces with the real backbone).
+    """
+
+    def __init__(self, config: ShineConfig, backbone: PreTrainedModel | None = None):
+        super().__init__(config)
+        if backbone is None:
+            backbone = AutoModelForCausalLM.from_config(config.get_backbone_config())
+        layers_path, targets = discover_target_modules(backbone, config.target_modules)
+        _check_backbone_matches(config, backbone, layers_path, targets)
+        self.layers_path = layers_path
+        self.targets = targets
+        self.hypernetwork = ShineHypernetwork(
+            num_layers=config.num_hidden_layers,
+            hidden_size=config.hidden_size,
+            targets=targets,
+            lora_rank=config.lora_rank,
+            metalora_rank=config.metalora_rank,
+            num_memory_tokens=config.num_memory_tokens,
+            m2p_depth=config.m2p_num_layers,
+            m2p_heads=config.m2p_num_heads,
+            m2p_ffn_dim=config.m2p_ffn_dim,
+            lora_scale=config.lora_scale,
+        )
+        # Initialise before the backbone is attached, so its (pretrained) weights are never touched.
+        self.post_init()
+        backbone.requires_grad_(False)
+        self.backbone = backbone
+        self.lora_injector = LoraInjector(backbone, layers_path, targets)
+        self.tokenizer = None
+        self.generation_config = getattr(backbone, "generation_config", self.generation_config)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_backbone(
+        cls,
+        backbone: PreTrainedModel | str | os.PathLike,
+        tokenizer: Any = None,
+        *,
+        revision: str | None = None,
+        dtype: torch.dtype | str | None = None,
+        target_modules: list[str] | None = None,
+        **config_kwargs: Any,
+    ) -> ShineForCausalLM:
+        """A new, untrained hypernetwork around `backbone` (frozen).
+
+        Args:
+            backbone: A loaded transformers causal LM, or its Hub id / local path.
+            tokenizer: The backbone's tokenizer. Loaded from the backbone's path when omitted and
+                possible.
+            revision: Backbone revision when loading by name.
+            dtype: Backbone dtype when loading by name.
+            target_modules: Projections to adapt (paths relative to a decoder layer); discovered
+                when omitted.
+            **config_kwargs: Other `ShineConfig` fields (`lora_rank`, `metalora_rank`, ...).
+        """
+        if isinstance(backbone, (str, os.PathLike)):
+            name = str(backbone)
+            backbone = AutoModelForCausalLM.from_pretrained(name, revision=revision, dtype=dtype)
+        else:
+            name = getattr(backbone, "name_or_path", None) or getattr(backbone.config, "_name_or_path", None)
+        if tokenizer is None and name:
+            tokenizer = _try_load_tokenizer(name, revision)
+        layers_path, targets = discover_target_modules(backbone, target_modules)
+        config = ShineConfig(
+            backbone_name_or_path=name or None,
+            backbone_revision=revision,
+            backbone_config=backbone.config.to_dict(),
+            target_modules=[t.name for t in targets],
+            target_module_shapes={t.name: [t.in_features, t.out_features, int(t.has_bias)] for t in targets},
+            layers_path=layers_path,
+            **config_kwargs,
+        )
+        model = cls(config, backbone=backbone)
+        model.tokenizer = tokenizer
+        return model
+
+    # ------------------------------------------------------------------ internalize
+    @property
+    def max_context_tokens(self) -> int | None:
+        """Longest context (in tokens) that fits with the memory tokens, if the backbone has a limit."""
+        limit = getattr(self.backbone.config, "max_position_embeddings", None)
+        return None if limit is None else limit - self.config.num_memory_tokens
+
+    def internalize(
+        self,
+        context: ContextInput,
+        attention_mask: torch.Tensor | None = None,
+        *,
+        requires_grad: bool = False,
+    ) -> ShineAdapter:
+        """Read context(s) once and return their generated LoRA(s), one adapter per context.
+
+        Args:
+            context: A string, a list of strings (tokenized with a plain tokenizer call, no chat
+                template), or token ids (a LongTensor (B, N) or a list of id lists).
+            attention_mask: Mask for tensor input (1 = token, 0 = padding; either side).
+            requires_grad: Keep the autograd graph (training). Default: no_grad.
+
+        Raises:
+            EmptyContextError: a context has no tokens.
+            ContextTooLongError: a context plus the memory tokens exceeds the backbone's positions.
+        """
+        input_ids, attention_mask = self._context_tensors(context, attention_mask)
+        with torch.set_grad_enabled(requires_grad):
+            memory_states = self.encode_context(input_ids, attention_mask)
+            lora = self.hypernetwork.memory_states_to_lora(memory_states)
+        adapter = ShineAdapter(lora, self.targets, self.layers_path, self.config.backbone_name_or_path,
+                               self.config.backbone_revision)
+        return adapter
+
+    def encode_context(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Run the backbone with the meta-LoRA over context + memory tokens: (B, L, M, H) states.
+
+        Each row becomes [its context tokens, the M memory tokens, padding]: memory tokens follow
+        the row's last real token whatever the padding side, positions are per row, and the
+        decoder-layer outputs (before the final norm) are read at the memory positions.
+        """
+        device = self.backbone.get_input_embeddings().weight.device
+        input_ids, attention_mask = _right_align(input_ids.to(device), attention_mask.to(device))
+        batch, length = input_ids.shape
+        num_memory = self.config.num_memory_tokens
+        token_embeds = self.backbone.get_input_embeddings()(input_ids)  # (B, N, H)
+        memory_tokens = self.hypernetwork.memory_tokens.to(device=device, dtype=token_embeds.dtype)
+        lengths = attention_mask.sum(dim=1, keepdim=True)  # (B, 1)
+        positions = torch.arange(length + num_memory, device=device)[None]  # (1, N+M)
+        memory_index = positions - lengths  # 0..M-1 on the memory positions of each row
+        is_memory = (memory_index >= 0) & (memory_index < num_memory)
+        padded_embeds = torch.cat([token_embeds, token_embeds.new_zeros(batch, num_memory, token_embeds.shape[-1])], 1)
+        inputs_embeds = torch.where(
+            is_memory[..., None], memory_tokens[memory_index.clamp(0, num_memory - 1)], padded_embeds
+        )
+        full_mask = (positions < lengths + num_memory).long()
+        position_ids = positions.expand(batch, -1)
+        gather_index = (lengths + torch.arange(num_memory, device=device))[..., None]  # (B, M, 1)
+
+        layers = self.backbone.get_submodule(self.layers_path)
+        captured: list[torch.Tensor | None] = [None] * len(layers)
+
+        def capture(index: int):
+            def hook(module: nn.Module, args: tuple, output: Any) -> None:
+                hidden = output[0] if isinstance(output, tuple) else output
+                captured[index] = hidden.gather(1, gather_index.expand(-1, -1, hidden.shape[-1]))
+
+            return hook
+
+        handles = [layer.register_forward_hook(capture(i)) for i, layer in enumerate(layers)]
+        try:
+            with self.lora_injector.activate(self.hypernetwork.meta_lora.lora_dict()):
+                self.backbone.base_model(
+                    inputs_embeds=inputs_embeds,
+                    attention_mask=full_mask,
+                    position_ids=position_ids,
+                    use_cache=False,
+                )
+        finally:
+            for handle in handles:
+                handle.remove()
+        states = torch.stack(captured, dim=1)  # (B, L, M, H)
+        return states.to(self.hypernetwork.memory_tokens.dtype)
+
+    def _context_tensors(
+        self, context: ContextInput, attention_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(context, str):
+            context = [context]
+        if isinstance(context, torch.Tensor):
+            input_ids = context if context.dim() == 2 else context[None]
+            if attention_mask is None:
+                attention_mask = torch.ones_like(input_ids)
+            elif attention_mask.dim() == 1:
+                attention_mask = attention_mask[None]
+        elif len(context) and all(isinstance(c, str) for c in context):
+            tokenizer = self._require_tokenizer()
+            empty = [i for i, c in enumerate(context) if not c.strip()]
+            if empty:
+                raise EmptyContextError(f"Context(s) {empty} are empty or whitespace only: nothing to internalize.")
+            ids = [tokenizer(c)["input_ids"] for c in context]
+            input_ids, attention_mask = _pad(ids)
+        elif len(context):
+            input_ids, attention_mask = _pad([list(map(int, c)) for c in context])
+        else:
+            raise EmptyContextError("No context given: pass a string, a list of strings or token ids.")
+        lengths = attention_mask.sum(dim=1)
+        empty_rows = torch.nonzero(lengths == 0).flatten().tolist()
+        if empty_rows:
+            raise EmptyContextError(f"Context(s) {empty_rows} have no tokens: nothing to internalize.")
+        limit = self.max_context_tokens
+        if limit is not None and int(lengths.max()) > limit:
+            longest = int(lengths.max())
+            raise ContextTooLongError(
+                f"A context is {longest} tokens long; with {self.config.num_memory_tokens} memory tokens "
+                f"the backbone's {limit + self.config.num_memory_tokens} positions allow at most {limit}. "
+                f"Split the document into chunks of at most {limit} tokens and internalize each."
+            )
+        return input_ids.long(), attention_mask.long()
+
+    def _require_tokenizer(self):
+        if self.tokenizer is None:
+            raise ValueError(
+                "This model has no tokenizer: pass token ids, or set model.tokenizer "
+                "(or pass tokenizer= to from_backbone/from_pretrained)."
+            )
+        return self.tokenizer
+
+    # ------------------------------------------------------------------ applying adapters
+    def _lora_for(self, adapter: ShineAdapter | None) -> LoraDict | None:
+        if adapter is None:
+            return None
+        adapter.check_compatible(self.layers_path, self.targets, self.config.num_hidden_layers)
+        device = self.backbone.get_input_embeddings().weight.device
+        if adapter.device != device:
+            adapter = adapter.to(device)
+        return adapter.lora
+
+    @contextlib.contextmanager
+    def use_adapter(self, adapter: ShineAdapter | None) -> Iterator[PreTrainedModel]:
+        """Apply `adapter` to every backbone call inside the block; yields the backbone."""
+        with self.lora_injector.activate(self._lora_for(adapter)):
+            yield self.backbone
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        adapter: ShineAdapter | None = None,
+        context_input_ids: torch.LongTensor | None = None,
+        context_attention_mask: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> CausalLMOutputWithPast:
+        """Backbone forward through a LoRA.
+
+        - with `context_input_ids`: the LoRA is generated from the context on the fly (training:
+          gradients flow into the hypernetwork, never into the backbone);
+        - with `adapter`: that adapter is applied;
+        - with neither: the plain backbone.
+
+        Other keyword arguments (`past_key_values`, `use_cache`, ...) go to the backbone.
+        """
+        if context_input_ids is not None:
+            if adapter is not None:
+                raise ValueError("Pass either adapter or context_input_ids, not both.")
+            if context_attention_mask is None:
+                context_attention_mask = torch.ones_like(context_input_ids)
+            adapter = self.internalize(context_input_ids, context_attention_mask,
+                                       requires_grad=torch.is_grad_enabled())
+        with self.lora_injector.activate(self._lora_for(adapter)):
+            return self.backbone(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
+
+    # ------------------------------------------------------------------ generation
+    @torch.no_grad()
+    def generate(self, *args: Any, adapter: ShineAdapter | None = None, **kwargs: Any):
+        """`backbone.generate` with `adapter` applied (KV cache as usual).
+
+        A batch of b adapters maps row i of the inputs to adapter i; with beams or
+        `num_return_sequences`, the expanded rows follow their source row.
+        """
+        with self.lora_injector.activate(self._lora_for(adapter)):
+            return self.backbone.generate(*args, **kwargs)
+
+    def generate_text(
+        self,
+        question: str | Sequence[str],
+        adapter: ShineAdapter | None = None,
+        *,
+        max_new_tokens: int = 64,
+        system_prompt: str | None = None,
+        context: str | Sequence[str] | None = None,
+        **generate_kwargs: Any,
+    ) -> str | list[str]:
+        """Answer question(s) with greedy decoding; returns only the new text.
+
+        The question is the user turn of the backbone's chat template (no system prompt, no think
+        block) as the reference does for SHINE answers. `system_prompt` and `context` (document put
+        in the prompt) exist for the baselines.
+        """
+        tokenizer = self._require_tokenizer()
+        questions = [question] if isinstance(question, str) else list(question)
+        if context is not None:
+            contexts = [context] * len(questions) if isinstance(context, str) else list(context)
+            questions = [f"{c}\n\n{q}" for c, q in zip(contexts, questions, strict=True)]
+        prompts = [question_prompt(tokenizer, q, system_prompt) for q in questions]
+        ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        input_ids, attention_mask = _pad(ids, pad_id=pad_id or 0, side="left")
+        device = self.backbone.get_input_embeddings().weight.device
+        generate_kwargs.setdefault("do_sample", False)
+        generate_kwargs.setdefault("pad_token_id", pad_id)
+        output = self.generate(
+            input_ids=input_ids.to(device),
+            attention_mask=attention_mask.to(device),
+            adapter=adapter,
+            max_new_tokens=max_new_tokens,
+            **generate_kwargs,
+        )
+        texts = tokenizer.batch_decode(output[:, input_ids.shape[1]:], skip_special_tokens=True)
+        texts = [t.strip() for t in texts]
+        return texts[0] if isinstance(question, str) else texts
+
+    def prepare_inputs_for_generation(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        return self.backbone.prepare_inputs_for_generation(*args, **kwargs)
+
+    # ------------------------------------------------------------------ plumbing
+    def get_input_embeddings(self) -> nn.Module:
+        return self.backbone.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.backbone.set_input_embeddings(value)
+
+    def hypernetwork_state_dict(self) -> dict[str, torch.Tensor]:
+        """The trainable part only (what a SHINE checkpoint stores), keys prefixed `hypernetwork.`."""
+        return {f"hypernetwork.{k}": v for k, v in self.hypernetwork.state_dict().items()}
+
+
+def _check_backbone_matches(config: ShineConfig, backbone: nn.Module, layers_path: str,
+                            targets: list[TargetModule]) -> None:
+    """Raise BackboneMismatchError if `backbone` is not of the shapes `config` was made for."""
+    problems = []
+    backbone_config = backbone.config
+    if backbone_config.hidden_size != config.hidden_size:
+        problems.append(f"hidden size {backbone_config.hidden_size} != {config.hidden_size}")
+    if backbone_config.num_hidden_layers != config.num_hidden_layers:
+        problems.append(f"{backbone_config.num_hidden_layers} decoder layers != {config.num_hidden_layers}")
+    if config.layers_path and layers_path != config.layers_path:
+        problems.append(f"decoder layers at {layers_path!r}, expected {config.layers_path!r}")
+    expected = config.target_module_shapes or {}
+    for t in targets:
+        want = expected.get(t.name)
+        got = [t.in_features, t.out_features, int(t.has_bias)]
+        if want is None:
+            problems.append(f"unexpected target module {t.name}")
+        elif list(want) != got:
+            problems.append(f"{t.name} is (in, out, bias) {tuple(got)}, expected {tuple(want)}")
+    missing = set(expected) - {t.name for t in targets}
+    if missing:
+        problems.append(f"target modules {sorted(missing)} are missing")
+    if problems:
+        name = config.backbone_name_or_path or "the configured backbone"
+        raise BackboneMismatchError(
+            f"The backbone ({type(backbone).__name__}) does not match the one this SHINE model was made "
+            f"for ({name}): " + "; ".join(problems) + "."
+        )
+
+
+def _right_align(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move every row's tokens to the front (right padding), keeping their order."""
+    order = torch.argsort(-attention_mask, dim=1, stable=True)
+    return input_ids.gather(1, order), attention_mask.gather(1, order)
+
+
+def _pad(sequences: Sequence[Sequence[int]], pad_id: int = 0, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if not len(seq):
+            continue
+        span = slice(width - len(seq), width) if side == "left" else slice(0, len(seq))
+        ids[row, span] = torch.tensor(list(seq), dtype=torch.long)
+        mask[row, span] = 1
+    return ids, mask
+
+
+def _try_load_tokenizer(name: str, revision: str | None):
+    try:
+        return AutoTokenizer.from_pretrained(name, revision=revision)
+    except (OSError, ValueError):
+        return None

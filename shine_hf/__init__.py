@@ -1,0 +1,41 @@
+"""shine-hf: SHINE hypernetworks for Hugging Face transformers and PEFT.
+
+    from shine_hf import ShineForCausalLM
+    model = ShineForCausalLM.from_pretrained("org/shine-qwen3-8b")
+    adapter = model.internalize(open("report.txt").read())
+    model.generate_text("Who signed the contract?", adapter=adapter)
+"""
+
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from .adapter import ShineAdapter
+from .modeling import (
+    BackboneMismatchError,
+    CheckpointError,
+    ContextTooLongError,
+    EmptyContextError,
+    IncompatibleAdapterError,
+    ShineConfig,
+    ShineError,
+    ShineForCausalLM,
+    UnsupportedBackboneError,
+)
+
+__version__ = "0.1.0"
+
+AutoConfig.register("shine", ShineConfig, exist_ok=True)
+AutoModelForCausalLM.register(ShineConfig, ShineForCausalLM, exist_ok=True)
+
+__all__ = [
+    "BackboneMismatchError",
+    "CheckpointError",
+    "ContextTooLongError",
+    "EmptyContextError",
+    "IncompatibleAdapterError",
+    "ShineAdapter",
+    "ShineConfig",
+    "ShineError",
+    "ShineForCausalLM",
+    "UnsupportedBackboneError",
+    "__version__",
+]
