@@ -19,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .checkpoint import render_card
 from .errors import CheckpointError, IncompatibleAdapterError
 from .io_utils import atomic_directory
 from .lora import LoraWeights, TargetModule
@@ -252,14 +253,7 @@ class ShineAdapter:
         with atomic_directory(save_directory) as staging:
             config.save_pretrained(str(staging))
             save_file(state, str(staging / ADAPTER_WEIGHTS_NAME), metadata={"format": "pt"})
-            readme = self._model_card_text()
-            if readme:
-                (staging / "README.md").write_text(readme, encoding="utf-8")
-
-    def _model_card_text(self) -> str | None:
-        """Hook for the model card written beside the adapter (filled in by shine_hf.hub)."""
-        renderer = _ADAPTER_CARD_RENDERER[0]
-        return renderer(self) if renderer is not None else None
+            (staging / "README.md").write_text(render_card("adapter", self), encoding="utf-8")
 
     @classmethod
     def from_pretrained(
@@ -385,6 +379,3 @@ def _candidate_order(names: Sequence[str]) -> list[str]:
 
     return [n for n in TARGET_MODULE_CANDIDATES if n in names] + [n for n in names if n not in TARGET_MODULE_CANDIDATES]
 
-
-# Set by shine_hf.hub to render README.md beside saved adapters; None inside bare remote code.
-_ADAPTER_CARD_RENDERER: list = [None]

@@ -22,6 +22,7 @@ from .adapter import ShineAdapter
 from .configuration_shine import ShineConfig
 from .errors import BackboneMismatchError, ContextTooLongError, EmptyContextError
 from .hypernetwork import LoraParameters, M2PTransformer, ShineHypernetwork
+from .io_utils import atomic_directory
 from .lora import LoraDict, LoraInjector, TargetModule, discover_target_modules
 from .prompting import question_prompt
 
@@ -138,6 +139,124 @@ class ShineForCausalLM(ShinePreTrainedModel, GenerationMixin):
         model = cls(config, backbone=backbone)
         model.tokenizer = tokenizer
         return model
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        *model_args: Any,
+        backbone: PreTrainedModel | str | os.PathLike | None = None,
+        revision: str | None = None,
+        backbone_revision: str | None = None,
+        dtype: torch.dtype | str | None = None,
+        device_map: Any = None,
+        tokenizer: Any = None,
+        hypernetwork_dtype: torch.dtype | None = None,
+        config: ShineConfig | None = None,
+        **kwargs: Any,
+    ) -> ShineForCausalLM:
+        """Load a SHINE hypernetwork and the backbone it names (or the one passed in).
+
+        Args:
+            pretrained_model_name_or_path: Hub repo id or local directory of a SHINE checkpoint.
+            backbone: An already-loaded backbone (checked against the config's shapes), or a
+                name/path to load instead of the one in the config.
+            revision: Revision of the SHINE checkpoint.
+            backbone_revision: Backbone revision; defaults to the one recorded in the config.
+            dtype: dtype of the backbone (e.g. `torch.bfloat16`); the hypernetwork stays float32
+                unless `hypernetwork_dtype` says otherwise.
+            device_map: Passed to the backbone's `from_pretrained`; the hypernetwork follows the
+                backbone's input embeddings.
+            tokenizer: A tokenizer; by default the checkpoint's own, else the backbone's.
+
+        Raises:
+            BackboneMismatchError: the backbone's shapes differ from the checkpoint's.
+            CheckpointError: weights missing, truncated, corrupt or holding foreign tensors.
+        """
+        from .checkpoint import load_weights_into, resolve_weight_files
+
+        hub_kwargs = {k: kwargs[k] for k in ("cache_dir", "token", "local_files_only", "force_download")
+                      if k in kwargs}
+        if config is None:
+            config = ShineConfig.from_pretrained(pretrained_model_name_or_path, revision=revision, **hub_kwargs)
+        if backbone is None or isinstance(backbone, (str, os.PathLike)):
+            name = str(backbone) if backbone is not None else config.backbone_name_or_path
+            if not name:
+                raise ValueError("The checkpoint's config names no backbone: pass backbone=...")
+            backbone = AutoModelForCausalLM.from_pretrained(
+                name, revision=backbone_revision or config.backbone_revision, dtype=dtype, device_map=device_map
+            )
+        model = cls(config, backbone=backbone)
+        files = resolve_weight_files(pretrained_model_name_or_path, revision=revision, **hub_kwargs)
+        load_weights_into(model.hypernetwork, files, prefix="hypernetwork.")
+        device = backbone.get_input_embeddings().weight.device
+        model.hypernetwork.to(device=device, dtype=hypernetwork_dtype or torch.float32)
+        model.name_or_path = str(pretrained_model_name_or_path)
+        backbone_config = backbone.config
+        model.tokenizer = (
+            tokenizer
+            or _try_load_tokenizer(str(pretrained_model_name_or_path), revision, backbone_config)
+            or _try_load_tokenizer(config.backbone_name_or_path, backbone_revision or config.backbone_revision,
+                                   backbone_config)
+        )
+        return model.eval()
+
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        is_main_process: bool = True,
+        state_dict: dict[str, torch.Tensor] | None = None,
+        max_shard_size: int | str = "5GB",
+        save_tokenizer: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        """Write the hypernetwork only: safetensors weights, config (with `auto_map` for
+        `trust_remote_code=True` loading), the model code, a model card and the tokenizer.
+
+        The directory is assembled in a temporary path and moved into place, so a failed save
+        leaves nothing half-written.
+        """
+        from .checkpoint import AUTO_MAP, copy_model_code, render_card, write_weights
+
+        if not is_main_process:
+            return
+        if state_dict is None:
+            state_dict = self.hypernetwork_state_dict()
+        else:
+            state_dict = {k: v for k, v in state_dict.items() if k.startswith("hypernetwork.")}
+        with atomic_directory(save_directory) as staging:
+            self.config.auto_map = dict(AUTO_MAP)
+            self.config.architectures = [type(self).__name__]
+            self.config.save_pretrained(str(staging))
+            write_weights(state_dict, staging, max_shard_size)
+            copy_model_code(staging)
+            if save_tokenizer and self.tokenizer is not None:
+                self.tokenizer.save_pretrained(str(staging))
+            (staging / "README.md").write_text(render_card("model", self), encoding="utf-8")
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        private: bool | None = None,
+        commit_message: str = "Upload SHINE hypernetwork",
+        token: str | None = None,
+        revision: str | None = None,
+        max_shard_size: int | str = "5GB",
+        **kwargs: Any,
+    ) -> str:
+        """Create `repo_id` if needed and upload the checkpoint (hypernetwork, config, code, card,
+        tokenizer) in one commit. Returns the commit URL."""
+        import tempfile
+
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+        repo = api.create_repo(repo_id, private=private, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp, max_shard_size=max_shard_size)
+            commit = api.upload_folder(repo_id=repo.repo_id, folder_path=tmp, commit_message=commit_message,
+                                       revision=revision)
+        return commit.commit_url
 
     # ------------------------------------------------------------------ internalize
     @property
@@ -382,6 +501,9 @@ def _check_backbone_matches(config: ShineConfig, backbone: nn.Module, layers_pat
     """Raise BackboneMismatchError if `backbone` is not of the shapes `config` was made for."""
     problems = []
     backbone_config = backbone.config
+    expected_type = (config.backbone_config or {}).get("model_type")
+    if expected_type and backbone_config.model_type != expected_type:
+        problems.append(f"model type {backbone_config.model_type!r} != {expected_type!r}")
     if backbone_config.hidden_size != config.hidden_size:
         problems.append(f"hidden size {backbone_config.hidden_size} != {config.hidden_size}")
     if backbone_config.num_hidden_layers != config.num_hidden_layers:
@@ -426,8 +548,15 @@ def _pad(sequences: Sequence[Sequence[int]], pad_id: int = 0, side: str = "right
     return ids, mask
 
 
-def _try_load_tokenizer(name: str, revision: str | None):
+def _try_load_tokenizer(name: str | None, revision: str | None, backbone_config: Any = None):
+    """The tokenizer at `name`, or None when there is none (or it cannot be loaded).
+
+    Passing the backbone's config stops AutoTokenizer from reading a SHINE `config.json` (whose
+    `auto_map` would otherwise ask to trust remote code)."""
+    if not name:
+        return None
+    kwargs = {"config": backbone_config} if backbone_config is not None else {}
     try:
-        return AutoTokenizer.from_pretrained(name, revision=revision)
-    except (OSError, ValueError):
+        return AutoTokenizer.from_pretrained(name, revision=revision, **kwargs)
+    except (OSError, ValueError, TypeError):
         return None

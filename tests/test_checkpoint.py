@@ -1,0 +1,128 @@
+"""save_pretrained / from_pretrained of hypernetworks, remote code, and bad checkpoints."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from shine_hf import BackboneMismatchError, CheckpointError, ShineForCausalLM
+from shine_hf.testing import tiny_backbone
+from shine_hf.testing.models import tiny_shine
+
+CONTEXT = "The contract was signed by Alice Moreau in Lyon on 3 March 1998."
+
+
+@pytest.fixture()
+def saved(tmp_path):
+    """A tiny Qwen3 backbone saved to disk and a SHINE checkpoint that names it by path."""
+    backbone_dir = tmp_path / "backbone"
+    tiny_backbone("qwen3").save_pretrained(backbone_dir)
+    model = tiny_shine("qwen3")
+    model.config.backbone_name_or_path = str(backbone_dir)
+    model.save_pretrained(tmp_path / "shine")
+    return model, tmp_path / "shine", backbone_dir
+
+
+def _assert_same_adapter(a, b):
+    for layer in a.lora:
+        for name in a.lora[layer]:
+            assert torch.equal(a.lora[layer][name].A, b.lora[layer][name].A)
+            assert torch.equal(a.lora[layer][name].B, b.lora[layer][name].B)
+
+
+def test_checkpoint_holds_only_the_hypernetwork(saved):
+    model, directory, _ = saved
+    with safe_open(str(directory / "model.safetensors"), "pt") as handle:
+        keys = set(handle.keys())
+    assert keys == set(model.hypernetwork_state_dict())
+    assert all(k.startswith("hypernetwork.") for k in keys)
+    config = json.loads((directory / "config.json").read_text())
+    assert config["model_type"] == "shine"
+    assert config["auto_map"]["AutoModelForCausalLM"] == "modeling_shine.ShineForCausalLM"
+    assert (directory / "modeling_shine.py").is_file() and (directory / "README.md").is_file()
+
+
+def test_round_trip_is_bit_identical(saved):
+    model, directory, _ = saved
+    loaded = ShineForCausalLM.from_pretrained(directory)
+    original, restored = model.hypernetwork.state_dict(), loaded.hypernetwork.state_dict()
+    assert original.keys() == restored.keys()
+    assert all(torch.equal(original[k], restored[k]) for k in original)
+    _assert_same_adapter(model.internalize(CONTEXT), loaded.internalize(CONTEXT))
+    assert loaded.tokenizer is not None
+
+
+def test_loaded_backbone_can_be_passed_in(saved):
+    model, directory, _ = saved
+    loaded = ShineForCausalLM.from_pretrained(directory, backbone=tiny_backbone("qwen3"))
+    _assert_same_adapter(model.internalize(CONTEXT), loaded.internalize(CONTEXT))
+
+
+def test_sharded_checkpoint_round_trips(tmp_path, saved):
+    model, _, _ = saved
+    model.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
+    loaded = ShineForCausalLM.from_pretrained(tmp_path / "sharded")
+    _assert_same_adapter(model.internalize(CONTEXT), loaded.internalize(CONTEXT))
+
+
+def test_remote_code_loads_without_shine_hf(saved):
+    model, directory, _ = saved
+    expected = model.internalize(CONTEXT).lora[1]["mlp.down_proj"].B
+    script = textwrap.dedent(f"""
+        import sys
+        sys.modules["shine_hf"] = None  # importing shine_hf now raises ImportError
+        import torch
+        from transformers import AutoModelForCausalLM
+        model = AutoModelForCausalLM.from_pretrained({str(directory)!r}, trust_remote_code=True)
+        assert "transformers_modules" in type(model).__module__, type(model).__module__
+        adapter = model.internalize({CONTEXT!r})
+        torch.save(adapter.lora[1]["mlp.down_proj"].B, {str(directory / "remote_B.pt")!r})
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    remote = torch.load(directory / "remote_B.pt", weights_only=True)
+    assert torch.equal(remote, expected)
+
+
+def test_backbone_of_other_shapes_is_refused(saved):
+    _, directory, _ = saved
+    with pytest.raises(BackboneMismatchError, match="hidden size 64 != 32"):
+        ShineForCausalLM.from_pretrained(directory, backbone=tiny_backbone("qwen3", hidden_size=64))
+    with pytest.raises(BackboneMismatchError, match="does not match"):
+        ShineForCausalLM.from_pretrained(directory, backbone=tiny_backbone("llama"))
+
+
+def test_truncated_weights_are_refused(saved):
+    _, directory, _ = saved
+    weights = directory / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        ShineForCausalLM.from_pretrained(directory)
+
+
+def test_missing_weights_are_refused(saved):
+    _, directory, _ = saved
+    (directory / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="neither model.safetensors"):
+        ShineForCausalLM.from_pretrained(directory)
+
+
+def test_failed_save_leaves_no_directory(tmp_path, saved, monkeypatch):
+    model, _, _ = saved
+    import shine_hf.modeling.checkpoint as checkpoint
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(checkpoint, "write_weights", explode)
+    with pytest.raises(RuntimeError, match="disk full"):
+        model.save_pretrained(tmp_path / "never")
+    assert not (tmp_path / "never").exists()
+    assert not any(p.name.startswith(".never") for p in tmp_path.iterdir())
