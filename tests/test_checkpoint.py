@@ -110,7 +110,7 @@ def test_truncated_weights_are_refused(saved):
 def test_missing_weights_are_refused(saved):
     _, directory, _ = saved
     (directory / "model.safetensors").unlink()
-    with pytest.raises(CheckpointError, match="neither model.safetensors"):
+    with pytest.raises(CheckpointError, match=r"neither model\.safetensors"):
         ShineForCausalLM.from_pretrained(directory)
 
 

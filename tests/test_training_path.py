@@ -1,0 +1,48 @@
+"""forward(context_input_ids=...): loss through the generated LoRA, gradients only in the hypernetwork."""
+
+from __future__ import annotations
+
+import torch
+
+from shine_hf.testing.models import tiny_shine
+
+
+def test_gradients_reach_hypernetwork_and_never_the_backbone():
+    model = tiny_shine("qwen3", randomize=False)  # reference init: meta-LoRA B = 0, memory tokens 0
+    model.train()
+    tok = model.tokenizer
+    context = tok(["Alice signed in Lyon.", "Bob signed in Paris on a Monday."], padding=True, return_tensors="pt")
+    conversation = tok(["Who signed? Alice", "Who signed? Bob"], padding=True, return_tensors="pt")
+    labels = conversation["input_ids"].masked_fill(conversation["attention_mask"] == 0, -100)
+    output = model(
+        input_ids=conversation["input_ids"],
+        attention_mask=conversation["attention_mask"],
+        labels=labels,
+        context_input_ids=context["input_ids"],
+        context_attention_mask=context["attention_mask"],
+    )
+    assert torch.isfinite(output.loss)
+    output.loss.backward()
+
+    hyper = model.hypernetwork
+    assert hyper.memory_tokens.grad is not None and hyper.memory_tokens.grad.abs().sum() > 0
+    meta_grads = [p.grad for p in hyper.meta_lora.parameters()]
+    assert all(g is not None for g in meta_grads) and sum(g.abs().sum() for g in meta_grads) > 0
+    m2p_grads = [p.grad for p in hyper.m2p.parameters()]
+    assert all(g is not None for g in m2p_grads)
+    assert all(p.grad.abs().sum() > 0 for p in hyper.m2p.transformer_layers.parameters())
+    assert all(p.grad is None and not p.requires_grad for p in model.backbone.parameters())
+
+
+def test_training_loss_differs_from_plain_backbone_and_adapter_path_agrees():
+    model = tiny_shine("llama")
+    tok = model.tokenizer
+    context = tok(["Alice signed in Lyon."], return_tensors="pt")
+    conversation = tok(["Who signed? Alice"], return_tensors="pt")
+    labels = conversation["input_ids"].clone()
+    with torch.no_grad():
+        through_context = model(**conversation, labels=labels, context_input_ids=context["input_ids"]).loss
+        through_adapter = model(**conversation, labels=labels, adapter=model.internalize(context["input_ids"])).loss
+        plain = model(**conversation, labels=labels).loss
+    assert torch.allclose(through_context, through_adapter, atol=1e-6)
+    assert not torch.allclose(through_context, plain, atol=1e-4)
