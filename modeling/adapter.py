@@ -315,8 +315,10 @@ class ShineAdapter:
         for (layer, name), parts in found.items():
             if "A" not in parts or "B" not in parts:
                 raise CheckpointError(f"Layer {layer} {name}: lora_A or lora_B is missing.")
-            A = parts["A"].T[None]  # (1, in, r)
-            B = parts["B"].T[None] * scaling  # (1, r, out); alpha/r folded into B
+            A = parts["A"].T.contiguous()[None]  # (1, in, r)
+            B = parts["B"].T.contiguous()[None]  # (1, r, out)
+            if scaling != 1.0:
+                B = B * scaling  # alpha/r folded into B
             C = parts.get("C")
             if C is not None and not torch.any(C):
                 C = None if not _module_needs_bias(found, name) else C

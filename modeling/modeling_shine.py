@@ -481,6 +481,46 @@ class ShineForCausalLM(ShinePreTrainedModel, GenerationMixin):
         texts = [t.strip() for t in texts]
         return texts[0] if isinstance(question, str) else texts
 
+    # ------------------------------------------------------------------ activation checkpointing
+    def activation_checkpointing_enable(
+        self, activation_checkpointing_kwargs: dict[str, Any] | None = None, every_n_layers: int = 1,
+        offload: bool = False,
+    ) -> None:
+        """Checkpoint the backbone's decoder layers.
+
+        The recomputation in the backward pass must see the same LoRA as the forward pass, but by
+        then `forward` has already deactivated it. A non-reentrant checkpoint with a `context_fn`
+        re-activates, during recomputation, the LoRA that was active when the layer first ran.
+        """
+        kwargs = dict(activation_checkpointing_kwargs or {})
+        if kwargs.get("use_reentrant", False):
+            raise ValueError("SHINE needs non-reentrant activation checkpointing (use_reentrant=False).")
+        injector = self.lora_injector
+
+        def context_fn():
+            return contextlib.nullcontext(), injector.activate(injector.active)
+
+        kwargs.update(use_reentrant=False, context_fn=context_fn)
+        self.backbone.activation_checkpointing_enable(kwargs, every_n_layers=every_n_layers, offload=offload)
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict[str, Any] | None = None,
+                                      **kwargs: Any) -> None:
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
+
+    def activation_checkpointing_disable(self) -> None:
+        self.backbone.activation_checkpointing_disable()
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.activation_checkpointing_disable()
+
+    @property
+    def is_activation_checkpointing(self) -> bool:
+        return self.backbone.is_activation_checkpointing
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return self.backbone.is_activation_checkpointing
+
     def prepare_inputs_for_generation(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         return self.backbone.prepare_inputs_for_generation(*args, **kwargs)
 

@@ -46,3 +46,28 @@ def test_training_loss_differs_from_plain_backbone_and_adapter_path_agrees():
         plain = model(**conversation, labels=labels).loss
     assert torch.allclose(through_context, through_adapter, atol=1e-6)
     assert not torch.allclose(through_context, plain, atol=1e-4)
+
+
+def _grads(model):
+    tok = model.tokenizer
+    context = tok(["Alice signed in Lyon.", "Bob signed."], padding=True, return_tensors="pt")
+    conversation = tok(["Who signed? Alice", "Who? Bob"], padding=True, return_tensors="pt")
+    labels = conversation["input_ids"].masked_fill(conversation["attention_mask"] == 0, -100)
+    model.zero_grad()
+    loss = model(**conversation, labels=labels, context_input_ids=context["input_ids"],
+                 context_attention_mask=context["attention_mask"]).loss
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.hypernetwork.named_parameters()}
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    model = tiny_shine("qwen3")
+    model.train()
+    loss, grads = _grads(model)
+    model.gradient_checkpointing_enable()
+    assert model.is_gradient_checkpointing
+    loss_ckpt, grads_ckpt = _grads(model)
+    model.gradient_checkpointing_disable()
+    assert torch.allclose(loss, loss_ckpt, atol=1e-6)
+    for name, grad in grads.items():
+        assert torch.allclose(grad, grads_ckpt[name], atol=1e-6, rtol=1e-5), name
