@@ -355,6 +355,7 @@ class ShineAdapter:
 
         api = HfApi(token=token)
         repo_url = api.create_repo(repo_id, private=private, exist_ok=True)
+        self.card_info = {**(getattr(self, "card_info", None) or {}), "repo_id": repo_url.repo_id}
         with tempfile.TemporaryDirectory() as tmp:
             self.save_pretrained(tmp)
             commit = api.upload_folder(

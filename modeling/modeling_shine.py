@@ -252,6 +252,7 @@ class ShineForCausalLM(ShinePreTrainedModel, GenerationMixin):
 
         api = HfApi(token=token)
         repo = api.create_repo(repo_id, private=private, exist_ok=True)
+        self.card_info = {**(getattr(self, "card_info", None) or {}), "repo_id": repo.repo_id}
         with tempfile.TemporaryDirectory() as tmp:
             self.save_pretrained(tmp, max_shard_size=max_shard_size)
             commit = api.upload_folder(repo_id=repo.repo_id, folder_path=tmp, commit_message=commit_message,

@@ -23,6 +23,9 @@ from .modeling import (
 
 __version__ = "0.1.0"
 
+from .hub import register_card_renderers
+
+register_card_renderers()
 AutoConfig.register("shine", ShineConfig, exist_ok=True)
 AutoModelForCausalLM.register(ShineConfig, ShineForCausalLM, exist_ok=True)
 
