@@ -8,6 +8,7 @@ from .errors import (
     ContextTooLongError,
     EmptyContextError,
     IncompatibleAdapterError,
+    ReferenceFormatError,
     ShineError,
     UnsupportedBackboneError,
 )
@@ -21,6 +22,7 @@ __all__ = [
     "EmptyContextError",
     "IncompatibleAdapterError",
     "LoraWeights",
+    "ReferenceFormatError",
     "ShineAdapter",
     "ShineConfig",
     "ShineError",

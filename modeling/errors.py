@@ -30,3 +30,7 @@ class IncompatibleAdapterError(ShineError, ValueError):
 
 class CheckpointError(ShineError, OSError):
     """A checkpoint or adapter file is missing, truncated, corrupt or unsafe to load."""
+
+
+class ReferenceFormatError(ShineError, ValueError):
+    """A shine-hf model cannot be written in the reference code's checkpoint layout."""

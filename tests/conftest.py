@@ -14,3 +14,14 @@ def tokenizer():
     from shine_hf.testing import build_chat_tokenizer
 
     return build_chat_tokenizer()
+
+
+try:
+    from tests.hub_server import configure_hub_env, hub, hub_server
+except ImportError:  # tests/ is not a package: pytest puts tests/ itself on sys.path
+    from hub_server import configure_hub_env, hub, hub_server  # noqa: F401 (fixtures)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Start the test hub and point huggingface_hub at it before anything imports it."""
+    configure_hub_env(config)

@@ -74,7 +74,7 @@ def test_adapter_for_other_shapes_is_refused():
     small = tiny_shine("qwen3")
     wide = tiny_shine("qwen3", backbone_overrides={"hidden_size": 64})
     adapter = wide.internalize(CONTEXT)
-    with pytest.raises(IncompatibleAdapterError, match="32->32|64->"):
+    with pytest.raises(IncompatibleAdapterError, match=r"32->32|64->"):
         small(small.tokenizer("hi", return_tensors="pt")["input_ids"], adapter=adapter)
     deep = tiny_shine("qwen3", backbone_overrides={"num_hidden_layers": 3})
     with pytest.raises(IncompatibleAdapterError, match="3 layers vs the backbone's 2"):
@@ -85,7 +85,7 @@ def test_batch_size_mismatch_is_a_clear_error():
     model = tiny_shine("llama")
     adapters = model.internalize([CONTEXT, "b", "c"])
     ids = model.tokenizer(["one", "two"], padding=True, return_tensors="pt")["input_ids"]
-    with pytest.raises(IncompatibleAdapterError, match="adapter batch of 3.*batch of 2"):
+    with pytest.raises(IncompatibleAdapterError, match=r"adapter batch of 3.*batch of 2"):
         model(ids, adapter=adapters)
 
 
