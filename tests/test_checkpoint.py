@@ -126,3 +126,26 @@ def test_failed_save_leaves_no_directory(tmp_path, saved, monkeypatch):
         model.save_pretrained(tmp_path / "never")
     assert not (tmp_path / "never").exists()
     assert not any(p.name.startswith(".never") for p in tmp_path.iterdir())
+
+
+def test_config_naming_a_backbone_of_other_shapes_is_refused(saved, tmp_path):
+    _, directory, _ = saved
+    other = tmp_path / "other-backbone"
+    tiny_backbone("qwen3", intermediate_size=48).save_pretrained(other)
+    config_path = directory / "config.json"
+    config = json.loads(config_path.read_text())
+    config["backbone_name_or_path"] = str(other)
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(BackboneMismatchError, match=r"mlp\.gate_proj is \(in, out, bias\) \(32, 48, 0\)"):
+        ShineForCausalLM.from_pretrained(directory)
+
+
+def test_half_precision_backbone_with_float32_hypernetwork(saved):
+    model, directory, _ = saved
+    loaded = ShineForCausalLM.from_pretrained(directory, dtype=torch.bfloat16)
+    assert loaded.backbone.dtype == torch.bfloat16
+    assert loaded.hypernetwork.memory_tokens.dtype == torch.float32
+    adapter = loaded.internalize(CONTEXT)
+    assert adapter.dtype == torch.float32
+    answer = loaded.generate_text("Who signed?", adapter=adapter, max_new_tokens=3)
+    assert isinstance(answer, str)
