@@ -39,7 +39,6 @@ SIZES = {
 
 
 def median_time(fn: Callable[[], object], repeats: int) -> float:
-    fn()  # warm-up
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -63,14 +62,25 @@ def internalize_breakdown(model: ShineForCausalLM, length: int, repeats: int) ->
     with torch.no_grad():
         states = model.encode_context(ids, mask)
         flat = hyper.m2p(states).flatten(2)
-        t_encode = median_time(lambda: model.encode_context(ids, mask), repeats)
-        t_m2p = median_time(lambda: hyper.m2p(states), repeats)
-        t_emit = median_time(lambda: emit_lora(flat, hyper.targets, hyper.lora_rank, hyper.lora_scale), repeats)
-        t_whole = median_time(lambda: model.internalize(ids, mask), repeats)
-        t_plain = median_time(lambda: model.backbone.base_model(input_ids=ids, use_cache=False), repeats)
-    parts = t_encode + t_m2p + t_emit
-    return dict(encode=t_encode, m2p=t_m2p, emit=t_emit, whole=t_whole, plain=t_plain,
-                glue=t_whole / parts, vs_plain=t_whole / t_plain, m2p_vs_plain=t_m2p / t_plain)
+        steps = {
+            "encode": lambda: model.encode_context(ids, mask),
+            "m2p": lambda: hyper.m2p(states),
+            "emit": lambda: emit_lora(flat, hyper.targets, hyper.lora_rank, hyper.lora_scale),
+            "whole": lambda: model.internalize(ids, mask),
+            "plain": lambda: model.backbone.base_model(input_ids=ids, use_cache=False),
+        }
+        for step in steps.values():
+            step()  # warm-up
+        # interleaved rounds, so drifting machine load hits every step alike
+        times: dict[str, list[float]] = {name: [] for name in steps}
+        for _ in range(repeats):
+            for name, step in steps.items():
+                start = time.perf_counter()
+                step()
+                times[name].append(time.perf_counter() - start)
+    r = {name: statistics.median(values) for name, values in times.items()}
+    parts = r["encode"] + r["m2p"] + r["emit"]
+    return dict(r, glue=r["whole"] / parts, vs_plain=r["whole"] / r["plain"], m2p_vs_plain=r["m2p"] / r["plain"])
 
 
 def generation_costs(model: ShineForCausalLM, new_tokens: int, repeats: int) -> dict[str, float]:
@@ -117,7 +127,10 @@ def main() -> None:
     parser.add_argument("--sizes", default="tiny,100m")
     parser.add_argument("--lengths", default="128,512,1024")
     parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f"# machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}, float32 CPU")

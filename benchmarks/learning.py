@@ -1,0 +1,200 @@
+#!/usr/bin/env python
+"""Does a SHINE hypernetwork learn to internalize? Train one on synthetic facts and compare.
+
+Backbone: the shipped small Llama (``shine_hf.assets.FACTS_BACKBONE``, made by
+``scripts/make_small_backbone.py``), frozen. Data: ``synthetic_facts(**FACTS_DATA)`` — the
+hypernetwork trains on documents about TRAIN-split entities (the canonical documents plus, with
+``--fresh-seeds``, new random facts about the same entities) and is scored on the TEST split,
+whose entities it never saw. Printed at the end, on held-out documents:
+
+- answer F1 / EM of (a) SHINE (question only + generated LoRA), (b) in-context (document in the
+  prompt, baseline system prompt), (c) question only (system prompt, no document);
+- (a)/(b) against training time (SHINE F1 on validation documents at checkpoints);
+- a loss-curve PNG and the trained hypernetwork (``save_pretrained`` layout) in ``--output-dir``.
+
+Training goes through ``shine_hf.train.train`` (``transformers.Trainer``), with an optional
+reconstruction/completion pretraining stage first (``--pretrain-minutes``). A wall-clock budget
+stops each stage (``--minutes``).
+
+    python benchmarks/learning.py --minutes 30 --output-dir /tmp/shine-learning
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+from datasets import Dataset, concatenate_datasets
+from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+
+from shine_hf.assets import FACTS_BACKBONE, FACTS_DATA
+from shine_hf.data import synthetic_facts
+from shine_hf.evaluation import evaluate_qa
+from shine_hf.train import train
+
+
+def fresh_documents(train_entities: set[str], seeds: range) -> Dataset:
+    """New random facts about the training entities only (other entities' documents dropped)."""
+    parts = []
+    for seed in seeds:
+        splits = synthetic_facts(**{**FACTS_DATA, "seed": seed})
+        for split in splits.values():
+            parts.append(split.filter(lambda ents: set(ents) <= train_entities, input_columns="entities"))
+    return concatenate_datasets(parts)
+
+
+class BudgetAndEval(TrainerCallback):
+    """Stops at the wall-clock budget; every `every` steps scores SHINE on validation documents."""
+
+    def __init__(self, minutes: float, every: int, records, label: str, history: list, offset_minutes: float):
+        self.deadline = time.time() + minutes * 60
+        self.every, self.records, self.label = every, records, label
+        self.history, self.offset = history, offset_minutes
+        self.start = time.time()
+        self.eval_seconds = 0.0
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if self.every and state.global_step % self.every == 0 and self.label == "ift":
+            t = time.time()
+            scores = evaluate_qa(model, self.records, ("shine",))["shine"]
+            self.eval_seconds += time.time() - t
+            minutes = self.offset + (time.time() - self.start - self.eval_seconds) / 60
+            self.history.append({"stage": self.label, "step": state.global_step, "train_minutes": round(minutes, 2),
+                                 "shine_f1": scores["f1"], "shine_em": scores["em"]})
+            print(f"[checkpoint] step {state.global_step} {minutes:.1f} train-min SHINE val F1 {scores['f1']:.3f}",
+                  flush=True)
+        if time.time() > self.deadline:
+            control.should_training_stop = True
+        return control
+
+
+def loss_points(trainer, stage: str, offset_step: int = 0) -> list[dict]:
+    return [{"stage": stage, "step": offset_step + h["step"], "loss": h["loss"]}
+            for h in trainer.state.log_history if "loss" in h]
+
+
+def plot(losses: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for stage in dict.fromkeys(p["stage"] for p in losses):
+        pts = [p for p in losses if p["stage"] == stage]
+        ax.plot([p["step"] for p in pts], [p["loss"] for p in pts], label=stage)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss")
+    ax.set_yscale("log")
+    ax.set_title(title, fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbone", default=str(FACTS_BACKBONE))
+    parser.add_argument("--output-dir", default="/tmp/shine-learning")
+    parser.add_argument("--minutes", type=float, default=30.0, help="wall-clock budget of instruction tuning")
+    parser.add_argument("--pretrain-minutes", type=float, default=0.0, help="RECON/COMP stage first (0: none)")
+    parser.add_argument("--lora-rank", type=int, default=8)
+    parser.add_argument("--metalora-rank", type=int, default=16)
+    parser.add_argument("--m2p-layers", type=int, default=2)
+    parser.add_argument("--scale", type=float, default=0.01, help="lora_scale s")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--fresh-seeds", type=int, default=20, help="extra fact draws for the train entities")
+    parser.add_argument("--eval-every", type=int, default=200, help="steps between SHINE validation checks")
+    parser.add_argument("--val-docs", type=int, default=20)
+    parser.add_argument("--test-docs", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--plot", default=None, help="loss-curve PNG path (default: OUTPUT_DIR/loss.png)")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.WARNING)
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    splits = synthetic_facts(**FACTS_DATA)
+    train_entities = {e for row in splits["train"] for e in row["entities"]}
+    records = splits["train"]
+    if args.fresh_seeds:
+        records = concatenate_datasets([records, fresh_documents(train_entities, range(1, 1 + args.fresh_seeds))])
+    records = records.remove_columns("entities").shuffle(seed=args.seed)
+    validation = splits["validation"].select(range(min(args.val_docs, len(splits["validation"]))))
+    test = splits["test"].select(range(min(args.test_docs, len(splits["test"]))))
+    backbone = AutoModelForCausalLM.from_pretrained(args.backbone)
+    tokenizer = AutoTokenizer.from_pretrained(args.backbone)
+    hyper = dict(lora_rank=args.lora_rank, metalora_rank=args.metalora_rank, m2p_num_layers=args.m2p_layers,
+                 lora_scale=args.scale)
+    print(f"train records {len(records)}, hypernetwork config {hyper}", flush=True)
+    history: list[dict] = []
+    losses: list[dict] = []
+    common = dict(tokenizer=tokenizer, learning_rate=args.lr, warmup_steps=100, max_warmup_fraction=0.1,
+                  gradient_accumulation_steps=1, per_device_train_batch_size=args.batch_size, max_steps=100_000,
+                  logging_steps=10, save_steps=100_000, report_to="none", seed=args.seed,
+                  training_args={"disable_tqdm": True, "save_strategy": "no", "dataloader_num_workers": 0})
+    from_checkpoint = None
+    pretrain_steps = 0
+    if args.pretrain_minutes > 0:
+        texts = Dataset.from_dict({"text": list(records["context"])})
+        cb = BudgetAndEval(args.pretrain_minutes, 0, None, "pretrain", history, 0.0)
+        result = train(backbone, texts, output_dir=out / "pretrain", stage="pretrain", hypernetwork_config=hyper,
+                       callbacks=[cb], **common)
+        losses += loss_points(result.trainer, "pretrain (RECON/COMP)")
+        pretrain_steps = result.trainer.state.global_step
+        from_checkpoint = out / "pretrain"
+        print(f"pretraining: {pretrain_steps} steps, final loss {losses[-1]['loss'] if losses else 'n/a'}", flush=True)
+    cb = BudgetAndEval(args.minutes, args.eval_every, validation, "ift", history, args.pretrain_minutes)
+    result = train(backbone if from_checkpoint is None else backbone, records, output_dir=out, stage="ift",
+                   hypernetwork_config=None if from_checkpoint else hyper, from_checkpoint=from_checkpoint,
+                   callbacks=[cb], **common)
+    losses += loss_points(result.trainer, "instruction tuning (QA)", pretrain_steps)
+    model = result.model.eval()
+    train_minutes = (time.time() - start) / 60
+    # final scores on held-out (test-split) documents
+    t = time.time()
+    final = evaluate_qa(model, test, return_predictions=True)
+    eval_seconds = time.time() - t
+    ic, qo = final["in_context"]["f1"], final["question_only"]["f1"]
+    for row in history:
+        row["shine_over_in_context"] = row["shine_f1"] / ic if ic else float("nan")
+    summary = {
+        "args": vars(args),
+        "torch": torch.__version__,
+        "ift_steps": result.trainer.state.global_step,
+        "pretrain_steps": pretrain_steps,
+        "wall_minutes_training": round(train_minutes, 2),
+        "test_eval_seconds": round(eval_seconds, 1),
+        "test": {m: {k: v for k, v in s.items() if k != "predictions"} for m, s in final.items()},
+        "shine_over_in_context": final["shine"]["f1"] / ic if ic else None,
+        "shine_over_question_only": final["shine"]["f1"] / qo if qo else None,
+        "history": history,
+        "examples": final["shine"]["predictions"][:6],
+    }
+    (out / "learning_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "losses.json").write_text(json.dumps(losses) + "\n")
+    plot(losses, Path(args.plot) if args.plot else out / "loss.png",
+         f"SHINE on facts-llama: r={args.lora_rank} R={args.metalora_rank} M2P={args.m2p_layers} s={args.scale}")
+    print("\n| mode | F1 | EM | n |\n|---|---|---|---|")
+    for mode, s in final.items():
+        print(f"| {mode} | {s['f1']:.3f} | {s['em']:.3f} | {s['n']} |")
+    print(f"\nSHINE / in-context = {summary['shine_over_in_context']}; "
+          f"SHINE / question-only = {summary['shine_over_question_only']}")
+    print("\n| step | train minutes | SHINE val F1 | SHINE / in-context (test) |\n|---|---|---|---|")
+    for row in history:
+        print(f"| {row['step']} | {row['train_minutes']} | {row['shine_f1']:.3f} | {row['shine_over_in_context']:.2f} |")
+    print("examples:", summary["examples"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
