@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 from datasets import Dataset
-from shine_hf.modeling.prompting import question_prompt, render_chat
 
 from shine_hf import data as D
+from shine_hf.modeling.prompting import question_prompt, render_chat
 from shine_hf.testing.tokenizers import QWEN3_CHAT_TEMPLATE, build_chat_tokenizer
 
 IM_END = "<|im_end|>\n"

@@ -6,10 +6,10 @@ import math
 
 import pytest
 import torch
-from shine_hf.modeling.hypernetwork import M2PTransformer, emit_lora
-from shine_hf.modeling.lora import TargetModule
 
 from shine_hf import ShineConfig
+from shine_hf.modeling.hypernetwork import M2PTransformer, emit_lora
+from shine_hf.modeling.lora import TargetModule
 
 
 def test_emitted_layout_matches_hand_built_flat_vector():

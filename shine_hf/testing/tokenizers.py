@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-__all__ = ["QWEN3_CHAT_TEMPLATE", "DEFAULT_CORPUS", "build_chat_tokenizer"]
+__all__ = ["DEFAULT_CORPUS", "QWEN3_CHAT_TEMPLATE", "build_chat_tokenizer"]
 
 # The generation-prompt part of Qwen3's template: with enable_thinking=False it appends an empty
 # think block, which SHINE prompts strip (see modeling/prompting.py).
