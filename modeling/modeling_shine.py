@@ -36,7 +36,9 @@ class ShinePreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_flex_attn = True
-    _no_split_modules = ["ShineHypernetwork"]
+    # No `_no_split_modules`: the hypernetwork's parameters are read outside its forward, so FSDP
+    # must not wrap it on its own (see examples/accelerate/README.md); the backbone's own
+    # `_no_split_modules` (its decoder layers) are what device maps and FSDP wrap.
 
     def _init_weights(self, module: nn.Module) -> None:
         # Reference init: memory tokens and position embeddings zero, meta-LoRA A ~ N(0,1)*sqrt(s)

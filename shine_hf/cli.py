@@ -79,5 +79,17 @@ def convert(
     console.print(Text("✓ ", style="bold green") + Text(f"Converted {src} → {out}"))
 
 
+def _register_optional_commands() -> None:
+    """Commands whose modules need the `train` extra (datasets); absent extras hide them."""
+    try:
+        from .train import train_command
+    except ImportError:  # pragma: no cover - the train extra is not installed
+        return
+    app.command("train")(train_command)
+
+
+_register_optional_commands()
+
+
 if __name__ == "__main__":
     app()

@@ -141,7 +141,7 @@ def test_config_naming_a_backbone_of_other_shapes_is_refused(saved, tmp_path):
 
 
 def test_half_precision_backbone_with_float32_hypernetwork(saved):
-    model, directory, _ = saved
+    _, directory, _ = saved
     loaded = ShineForCausalLM.from_pretrained(directory, dtype=torch.bfloat16)
     assert loaded.backbone.dtype == torch.bfloat16
     assert loaded.hypernetwork.memory_tokens.dtype == torch.float32

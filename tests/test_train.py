@@ -1,0 +1,261 @@
+"""Training on transformers.Trainer: only the hypernetwork learns, checkpoints are shine-hf
+checkpoints, resuming continues the same run, activation checkpointing changes nothing, and the
+`python -m shine_hf.train` command trains end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from datasets import Dataset
+from safetensors import safe_open
+from transformers.trainer_pt_utils import LengthGroupedSampler
+
+from shine_hf import ShineForCausalLM
+from shine_hf.data import COMP_TOKEN, RECON_TOKEN, build_qa_dataset
+from shine_hf.testing import build_chat_tokenizer, tiny_backbone
+from shine_hf.testing.models import randomize_hypernetwork, tiny_shine
+from shine_hf.train import (
+    ShineTrainer,
+    TrainingError,
+    build_training_arguments,
+    main,
+    train,
+)
+
+# A larger init than the default 0.02 gives the random backbone logits with some spread, so the
+# generated LoRA can move the loss a long way (with 0.02 every distribution is near uniform).
+BACKBONE = {"initializer_range": 0.3}
+HYPER = {"lora_rank": 4, "metalora_rank": 4, "lora_scale": 0.05}
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """Tiny models run as fast on one thread, and two threads on a busy 2-core machine thrash."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _model(hypernetwork_seed: int = 0) -> ShineForCausalLM:
+    """The tiny Qwen3 SHINE model; the backbone is always the same, the hypernetwork init varies."""
+    return randomize_hypernetwork(tiny_shine("qwen3", seed=0, backbone_overrides=BACKBONE), seed=hypernetwork_seed)
+
+
+def _records(n: int) -> list[dict[str, str]]:
+    cities = ["Lyon", "Paris", "Tarsk", "Velmar", "Brindun", "Qorsk", "Dusvor", "Kelmar"]
+    return [
+        {"context": f"Person {i} signed the contract in {cities[i % 8]} on day {i}.",
+         "question": f"Where did person {i} sign?", "answer": cities[i % 8]}
+        for i in range(n)
+    ]
+
+
+def _dataset(tokenizer, n: int = 4) -> Dataset:
+    return build_qa_dataset(Dataset.from_list(_records(n)), tokenizer)[0]
+
+
+def _args(output_dir: Path, **overrides):
+    values = dict(learning_rate=1e-2, warmup_steps=0, gradient_accumulation_steps=1,
+                  per_device_train_batch_size=4, max_steps=1, logging_steps=1, save_steps=1000,
+                  disable_tqdm=True, dataloader_pin_memory=False)
+    values.update(overrides)
+    return build_training_arguments(output_dir, "ift", **values)
+
+
+def _losses(trainer) -> dict[int, float]:
+    return {h["step"]: h["loss"] for h in trainer.state.log_history if "loss" in h}
+
+
+def _safetensors(path: Path) -> dict[str, torch.Tensor]:
+    with safe_open(str(path), framework="pt") as handle:
+        return {k: handle.get_tensor(k) for k in handle.keys()}
+
+
+def test_only_the_hypernetwork_learns_and_the_loss_drops(tmp_path):
+    model = _model()
+    backbone_before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    hyper_before = {k: v.clone() for k, v in model.hypernetwork.state_dict().items()}
+    args = _args(tmp_path, max_steps=30, remove_unused_columns=True)
+    trainer = ShineTrainer(model, args, train_dataset=_dataset(model.tokenizer))
+    assert trainer.args.remove_unused_columns is False
+    trainer.train()
+
+    optimised = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert optimised == {id(p) for p in model.hypernetwork.parameters()}
+    assert all(not p.requires_grad for p in model.backbone.parameters())
+    backbone_after = model.backbone.state_dict()
+    assert backbone_after.keys() == backbone_before.keys()
+    for name, tensor in backbone_before.items():
+        assert torch.equal(tensor, backbone_after[name]), name
+    changed = [k for k, v in model.hypernetwork.state_dict().items() if not torch.equal(v, hyper_before[k])]
+    assert len(changed) == len(hyper_before)
+
+    losses = list(_losses(trainer).values())
+    assert len(losses) == 30
+    assert sum(losses[-5:]) / 5 < losses[0] - 1.0, losses
+
+
+def test_checkpoints_are_shine_checkpoints_and_resume_continues_the_same_run(tmp_path):
+    tokenizer = build_chat_tokenizer()
+    dataset = _dataset(tokenizer, n=6)
+    settings = dict(max_steps=6, save_steps=3, per_device_train_batch_size=2, gradient_accumulation_steps=2,
+                    learning_rate=5e-3, warmup_steps=2)
+
+    full = ShineTrainer(_model(), _args(tmp_path / "full", **settings), train_dataset=dataset)
+    full.train()
+    checkpoint = tmp_path / "full" / "checkpoint-3"
+    for name in ("model.safetensors", "config.json", "modeling_shine.py", "tokenizer.json", "optimizer.pt",
+                 "scheduler.pt", "rng_state.pth", "trainer_state.json"):
+        assert (checkpoint / name).is_file(), name
+    assert all(k.startswith("hypernetwork.") for k in _safetensors(checkpoint / "model.safetensors"))
+
+    # checkpoint-6 is the final state of the run, loadable as a normal SHINE checkpoint
+    loaded = ShineForCausalLM.from_pretrained(tmp_path / "full" / "checkpoint-6",
+                                              backbone=tiny_backbone("qwen3", **BACKBONE))
+    for name, tensor in full.model.hypernetwork.state_dict().items():
+        assert torch.equal(loaded.hypernetwork.state_dict()[name], tensor), name
+    assert loaded.tokenizer is not None
+
+    # A different hypernetwork init proves that resuming loads the checkpoint's weights.
+    resumed = ShineTrainer(_model(hypernetwork_seed=1), _args(tmp_path / "resumed", **settings), train_dataset=dataset)
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    full_losses, resumed_losses = _losses(full), _losses(resumed)
+    assert resumed.state.global_step == 6
+    assert sorted(resumed_losses) == [1, 2, 3, 4, 5, 6]  # 1-3 restored from trainer_state.json
+    for step, loss in resumed_losses.items():
+        assert math.isclose(loss, full_losses[step], rel_tol=1e-5, abs_tol=1e-6), (step, loss, full_losses[step])
+    for name, tensor in full.model.hypernetwork.state_dict().items():
+        torch.testing.assert_close(resumed.model.hypernetwork.state_dict()[name], tensor, rtol=1e-5, atol=1e-6)
+
+
+def test_resume_rejects_a_checkpoint_of_another_shape(tmp_path):
+    model = tiny_shine("qwen3", lora_rank=2, metalora_rank=2)
+    model.save_pretrained(tmp_path / "other")
+    trainer = ShineTrainer(_model(), _args(tmp_path / "run"), train_dataset=_dataset(build_chat_tokenizer()))
+    with pytest.raises(ValueError, match="shape"):
+        trainer._load_from_checkpoint(str(tmp_path / "other"))
+
+
+def test_gradient_checkpointing_gives_the_same_first_step(tmp_path, monkeypatch):
+    calls = []
+    original = ShineForCausalLM.activation_checkpointing_enable
+
+    def spy(self, *args, **kwargs):
+        calls.append(kwargs)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ShineForCausalLM, "activation_checkpointing_enable", spy)
+    dataset = _dataset(build_chat_tokenizer())
+    logs = {}
+    for checkpointing in (False, True):
+        model = _model()
+        trainer = ShineTrainer(model, _args(tmp_path / str(checkpointing), gradient_checkpointing=checkpointing),
+                               train_dataset=dataset)
+        trainer.train()
+        assert model.is_gradient_checkpointing is checkpointing
+        logs[checkpointing] = next(h for h in trainer.state.log_history if "loss" in h)
+    assert len(calls) == 1  # the Trainer went through our override (it replays the LoRA)
+    assert math.isclose(logs[True]["loss"], logs[False]["loss"], rel_tol=1e-6)
+    assert math.isclose(logs[True]["grad_norm"], logs[False]["grad_norm"], rel_tol=1e-5)
+
+
+def test_group_by_length_and_periodic_eval_loss(tmp_path):
+    tokenizer = build_chat_tokenizer()
+    dataset = _dataset(tokenizer, n=8)
+    args = _args(tmp_path, group_by_length=True, has_eval=True, eval_steps=1, max_steps=2,
+                 per_device_train_batch_size=2)
+    assert args.train_sampling_strategy == "group_by_length"
+    trainer = ShineTrainer(_model(), args, train_dataset=dataset, eval_dataset=_dataset(tokenizer, n=2))
+    sampler = trainer._get_train_sampler()
+    assert isinstance(sampler, LengthGroupedSampler)
+    assert list(sampler.lengths) == dataset["length"]
+    trainer.train()
+    evals = [h for h in trainer.state.log_history if "eval_loss" in h]
+    assert [h["step"] for h in evals] == [1, 2]
+    assert all(math.isfinite(h["eval_loss"]) for h in evals)
+
+
+def test_half_precision_backbone_with_float32_hypernetwork(tmp_path):
+    model = _model()
+    model.backbone.to(torch.bfloat16)
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    args = _args(tmp_path, bf16=True, use_cpu=True, max_steps=2)
+    trainer = ShineTrainer(model, args, train_dataset=_dataset(model.tokenizer))
+    trainer.train()
+    assert all(math.isfinite(loss) for loss in _losses(trainer).values())
+    assert {p.dtype for p in model.hypernetwork.parameters()} == {torch.float32}
+    assert all(torch.equal(v, model.backbone.state_dict()[k]) for k, v in before.items())
+
+
+def _save_backbone(directory: Path) -> Path:
+    """A tiny backbone whose embedding has exactly one row per token of the tiny tokenizer."""
+    tokenizer = build_chat_tokenizer()
+    tiny_backbone("qwen3", vocab_size=len(tokenizer), **BACKBONE).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def test_pretrain_then_instruction_tune_from_the_command_line(tmp_path):
+    backbone_dir = _save_backbone(tmp_path / "backbone")
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(f"Report {i}: the shipment left Lyon on day {i} and reached Tarsk." for i in range(6)))
+
+    result = train(str(backbone_dir), corpus, stage="pretrain", output_dir=tmp_path / "pretrain", max_steps=3,
+                   gradient_accumulation_steps=1, per_device_train_batch_size=2, hypernetwork_config=HYPER,
+                   training_args={"disable_tqdm": True, "dataloader_pin_memory": False})
+    tokenizer, backbone = result.model.tokenizer, result.model.backbone
+    # <RECON>/<COMP> were added; the embedding grew by their two rows, set to the mean of the others.
+    assert {RECON_TOKEN, COMP_TOKEN} <= set(tokenizer.get_added_vocab())
+    weight = backbone.get_input_embeddings().weight
+    old = len(build_chat_tokenizer())
+    assert weight.shape[0] == len(tokenizer) == old + 2
+    mean = weight[:old].mean(dim=0)
+    torch.testing.assert_close(weight[old:], torch.stack([mean, mean]))
+    assert not any(p.requires_grad for p in backbone.parameters())
+    # warmup: 2000 reference steps, capped at 10% of the 3 steps = 0: full learning rate at once
+    assert result.trainer.args.learning_rate == 5e-5 and result.trainer.args.warmup_steps == 2000
+    assert result.trainer.lr_scheduler.lr_lambdas[0](0) == 1.0
+    pretrained = ShineForCausalLM.from_pretrained(tmp_path / "pretrain")
+    assert RECON_TOKEN in pretrained.tokenizer.get_added_vocab()
+    assert pretrained.config.backbone_name_or_path == str(backbone_dir)
+
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text("\n".join(json.dumps(r) for r in _records(4)))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "shine_hf.train", "--data", str(qa), "--stage", "ift",
+               "--output-dir", str(tmp_path / "ift"), "--from", str(tmp_path / "pretrain"), "--max-steps", "2",
+               "--batch-size", "2", "--gradient-accumulation-steps", "1", "--logging-steps", "1"]
+    run = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "Trained 2 steps" in run.stdout
+    tuned = ShineForCausalLM.from_pretrained(tmp_path / "ift", backbone=str(backbone_dir))
+    assert tuned.config.lora_rank == HYPER["lora_rank"]
+    differs = [not torch.equal(t, pretrained.hypernetwork.state_dict()[k])
+               for k, t in tuned.hypernetwork.state_dict().items()]
+    assert any(differs)
+
+
+def test_command_line_errors_are_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--data", str(tmp_path / "missing.jsonl"), "--output-dir", str(tmp_path / "out"),
+              "--backbone", str(_save_backbone(tmp_path / "backbone"))])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("Error: Training data not found") and "\n" not in err
+
+
+def test_train_needs_a_known_stage_and_a_backbone(tmp_path):
+    with pytest.raises(TrainingError, match="stage"):
+        train(None, [], stage="finetune", output_dir=tmp_path)
+    with pytest.raises(TrainingError, match="No backbone"):
+        train(None, [], output_dir=tmp_path)
+    with pytest.raises(TrainingError, match="resume"):
+        train(None, [], output_dir=tmp_path, resume_from_checkpoint=True)
