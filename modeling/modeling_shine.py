@@ -24,7 +24,7 @@ from .errors import BackboneMismatchError, ContextTooLongError, EmptyContextErro
 from .hypernetwork import LoraParameters, M2PTransformer, ShineHypernetwork
 from .io_utils import atomic_directory
 from .lora import LoraDict, LoraInjector, TargetModule, discover_target_modules
-from .prompting import question_prompt
+from .prompting import IN_CONTEXT_TEMPLATE, in_context_question, question_prompt
 
 ContextInput = str | Sequence[str] | torch.Tensor | Sequence[Sequence[int]]
 
@@ -453,19 +453,21 @@ class ShineForCausalLM(ShinePreTrainedModel, GenerationMixin):
         max_new_tokens: int = 64,
         system_prompt: str | None = None,
         context: str | Sequence[str] | None = None,
+        context_template: str = IN_CONTEXT_TEMPLATE,
         **generate_kwargs: Any,
     ) -> str | list[str]:
         """Answer question(s) with greedy decoding; returns only the new text.
 
         The question is the user turn of the backbone's chat template (no system prompt, no think
-        block) as the reference does for SHINE answers. `system_prompt` and `context` (document put
-        in the prompt) exist for the baselines.
+        block) as the reference does for SHINE answers. `system_prompt` and `context` exist for the
+        baselines: with `context`, the user turn is the reference's "Reference:\n{context}\n\nBased on
+        the reference, answer this question:\n{question}" (`context_template` changes it).
         """
         tokenizer = self._require_tokenizer()
         questions = [question] if isinstance(question, str) else list(question)
         if context is not None:
             contexts = [context] * len(questions) if isinstance(context, str) else list(context)
-            questions = [f"{c}\n\n{q}" for c, q in zip(contexts, questions, strict=True)]
+            questions = [in_context_question(c, q, context_template) for c, q in zip(contexts, questions, strict=True)]
         prompts = [question_prompt(tokenizer, q, system_prompt) for q in questions]
         ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

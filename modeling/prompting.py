@@ -13,6 +13,9 @@ from typing import Any
 
 EMPTY_THINK_BLOCK = "<think>\n\n</think>\n\n"
 
+# The in-context baseline's user turn, as in the reference evaluation code.
+IN_CONTEXT_TEMPLATE = "Reference:\n{context}\n\nBased on the reference, answer this question:\n{question}"
+
 
 def render_chat(
     tokenizer: Any,
@@ -45,3 +48,8 @@ def question_prompt(tokenizer: Any, question: str, system_prompt: str | None = N
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
     messages.append({"role": "user", "content": question})
     return render_chat(tokenizer, messages, add_generation_prompt=True)
+
+
+def in_context_question(context: str, question: str, template: str = IN_CONTEXT_TEMPLATE) -> str:
+    """The user turn of the in-context baseline: `template` with `{context}` and `{question}`."""
+    return template.format(context=context, question=question)

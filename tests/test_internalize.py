@@ -136,3 +136,20 @@ def test_adapter_stack_and_index_round_trip(model):
     assert len(restacked) == 3
     with pytest.raises(IndexError):
         adapters[3]
+
+
+def test_baseline_prompts_follow_the_reference(model):
+    from shine_hf.modeling.prompting import in_context_question, question_prompt
+
+    tok = model.tokenizer
+    assert question_prompt(tok, "Who?") == "<|im_start|>user\nWho?<|im_end|>\n<|im_start|>assistant\n"
+    with_system = question_prompt(tok, "Who?", system_prompt=model.config.system_prompt)
+    assert with_system.startswith("<|im_start|>system\nYou are a concise assistant.")
+    user_turn = in_context_question("Doc.", "Who?")
+    assert user_turn == "Reference:\nDoc.\n\nBased on the reference, answer this question:\nWho?"
+    # generate_text(context=...) renders exactly that prompt
+    prompt = tok([question_prompt(tok, user_turn)], return_tensors="pt", add_special_tokens=False)
+    expected = model.generate(**prompt, max_new_tokens=3, do_sample=False, pad_token_id=0)
+    text = model.generate_text("Who?", context="Doc.", max_new_tokens=3)
+    new_tokens = expected[0, prompt["input_ids"].shape[1]:]
+    assert text == tok.decode(new_tokens, skip_special_tokens=True).strip()
