@@ -136,7 +136,7 @@ class ShineForCausalLM(ShinePreTrainedModel, GenerationMixin):
             target_modules=[t.name for t in targets],
             target_module_shapes={t.name: [t.in_features, t.out_features, int(t.has_bias)] for t in targets},
             layers_path=layers_path,
-            **config_kwargs,
+            **{**_special_token_ids(backbone), **config_kwargs},
         )
         model = cls(config, backbone=backbone)
         model.tokenizer = tokenizer
@@ -572,6 +572,17 @@ def _check_backbone_matches(config: ShineConfig, backbone: nn.Module, layers_pat
             f"The backbone ({type(backbone).__name__}) does not match the one this SHINE model was made "
             f"for ({name}): " + "; ".join(problems) + "."
         )
+
+
+def _special_token_ids(backbone: PreTrainedModel) -> dict[str, Any]:
+    """The backbone's pad/bos/eos ids, so Trainer and generation see the same special tokens."""
+    ids = {}
+    for source in (backbone.config, getattr(backbone, "generation_config", None)):
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            value = getattr(source, name, None)
+            if value is not None and name not in ids:
+                ids[name] = value
+    return ids
 
 
 def _right_align(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
