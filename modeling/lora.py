@@ -182,13 +182,16 @@ def discover_target_modules(
 def lora_delta(x: torch.Tensor, weights: LoraWeights) -> torch.Tensor:
     """(x @ A) @ B (+ C), per adapter row. x: (N, ..., in) with N a multiple of the adapter batch."""
     A, B, C = weights
-    A = A.to(x.dtype)
-    B = B.to(x.dtype)
+    # no-ops unless the layer sits on another device/dtype (device_map across GPUs, bf16 backbone)
+    A = A.to(device=x.device, dtype=x.dtype)
+    B = B.to(device=x.device, dtype=x.dtype)
+    if C is not None:
+        C = C.to(device=x.device, dtype=x.dtype)
     num_adapters = A.shape[0]
     if num_adapters == 1:
         delta = (x @ A[0]) @ B[0]
         if C is not None:
-            delta = delta + C[0].to(x.dtype)
+            delta = delta + C[0]
         return delta
     rows = x.shape[0]
     if x.dim() < 2 or rows % num_adapters:
@@ -199,7 +202,7 @@ def lora_delta(x: torch.Tensor, weights: LoraWeights) -> torch.Tensor:
     grouped = x.reshape(num_adapters, -1, x.shape[-1])  # (b, k*S, in): rows of adapter i are contiguous
     delta = torch.bmm(torch.bmm(grouped, A), B)
     if C is not None:
-        delta = delta + C.to(x.dtype)[:, None, :]
+        delta = delta + C[:, None, :]
     return delta.reshape(*x.shape[:-1], B.shape[-1])
 
 

@@ -91,6 +91,9 @@ class ShineForCausalLM(ShinePreTrainedModel, GenerationMixin):
         )
         # Initialise before the backbone is attached, so its (pretrained) weights are never touched.
         self.post_init()
+        device = backbone.get_input_embeddings().weight.device
+        if device.type != "meta":  # a meta backbone (conversion) keeps the hypernetwork real
+            self.hypernetwork.to(device)
         backbone.requires_grad_(False)
         self.backbone = backbone
         self.lora_injector = LoraInjector(backbone, layers_path, targets)
