@@ -31,7 +31,7 @@ import torch
 from datasets import Dataset, concatenate_datasets
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
-from shine_hf.assets import FACTS_BACKBONE, FACTS_DATA
+from shine_hf.assets import FACTS_BACKBONE, FACTS_CONTEXT_TEMPLATE, FACTS_DATA
 from shine_hf.data import synthetic_facts
 from shine_hf.evaluation import evaluate_qa
 from shine_hf.train import train
@@ -113,6 +113,8 @@ def main(argv=None) -> int:
     parser.add_argument("--eval-every", type=int, default=200, help="steps between SHINE validation checks")
     parser.add_argument("--val-docs", type=int, default=20)
     parser.add_argument("--test-docs", type=int, default=100)
+    parser.add_argument("--context-template", default=FACTS_CONTEXT_TEMPLATE,
+                        help="in-context user turn (default: the one the facts backbone was trained with)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--plot", default=None, help="loss-curve PNG path (default: OUTPUT_DIR/loss.png)")
@@ -154,7 +156,7 @@ def main(argv=None) -> int:
         from_checkpoint = out / "pretrain"
         print(f"pretraining: {pretrain_steps} steps, final loss {losses[-1]['loss'] if losses else 'n/a'}", flush=True)
     cb = BudgetAndEval(args.minutes, args.eval_every, validation, "ift", history, args.pretrain_minutes)
-    result = train(backbone if from_checkpoint is None else backbone, records, output_dir=out, stage="ift",
+    result = train(backbone, records, output_dir=out, stage="ift",
                    hypernetwork_config=None if from_checkpoint else hyper, from_checkpoint=from_checkpoint,
                    callbacks=[cb], **common)
     losses += loss_points(result.trainer, "instruction tuning (QA)", pretrain_steps)
@@ -162,7 +164,8 @@ def main(argv=None) -> int:
     train_minutes = (time.time() - start) / 60
     # final scores on held-out (test-split) documents
     t = time.time()
-    final = evaluate_qa(model, test, return_predictions=True)
+    final = evaluate_qa(model, test, return_predictions=True, context_template=args.context_template)
+    reference_prompt = evaluate_qa(model, test, ("in_context",))["in_context"]  # the reference's template
     eval_seconds = time.time() - t
     ic, qo = final["in_context"]["f1"], final["question_only"]["f1"]
     for row in history:
@@ -175,6 +178,7 @@ def main(argv=None) -> int:
         "wall_minutes_training": round(train_minutes, 2),
         "test_eval_seconds": round(eval_seconds, 1),
         "test": {m: {k: v for k, v in s.items() if k != "predictions"} for m, s in final.items()},
+        "in_context_with_reference_template": reference_prompt,
         "shine_over_in_context": final["shine"]["f1"] / ic if ic else None,
         "shine_over_question_only": final["shine"]["f1"] / qo if qo else None,
         "history": history,
@@ -191,7 +195,8 @@ def main(argv=None) -> int:
           f"SHINE / question-only = {summary['shine_over_question_only']}")
     print("\n| step | train minutes | SHINE val F1 | SHINE / in-context (test) |\n|---|---|---|---|")
     for row in history:
-        print(f"| {row['step']} | {row['train_minutes']} | {row['shine_f1']:.3f} | {row['shine_over_in_context']:.2f} |")
+        ratio = row["shine_over_in_context"]
+        print(f"| {row['step']} | {row['train_minutes']} | {row['shine_f1']:.3f} | {ratio:.2f} |")
     print("examples:", summary["examples"])
     return 0
 

@@ -1,54 +1,60 @@
 """shine-hf in one minute, offline: document -> LoRA in one pass -> answers -> a real PEFT adapter.
 
-Runs on CPU with a tiny randomly initialised Qwen3-style backbone built from a config, so it needs
-no download. The hypernetwork here is untrained, so its answers are noise: the demo shows the
-API and checks the numerics (the exported PEFT adapter reproduces the generated LoRA's logits).
+Uses the small assets shipped with the package (no download): `facts-llama`, a 1.3M-parameter Llama
+trained to answer questions about synthetic "facts" documents, and `facts-shine`, a SHINE
+hypernetwork trained for it on CPU (benchmarks/learning.py). The document below comes from the
+held-out test split: its entity was never seen in training. These tiny models are weak (see
+benchmarks/RESULTS.md for their F1); the demo shows the workflow and checks the numerics.
 """
 
 from __future__ import annotations
 
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 from peft import PeftModel
+from transformers import AutoModelForCausalLM
 
 from shine_hf import ShineAdapter, ShineForCausalLM
-from shine_hf.testing import build_chat_tokenizer, tiny_backbone
-
-DOCUMENT = (
-    "The supply contract between Veloria Mining and Tarsk Steel was signed by Alice Moreau "
-    "in Lyon on 3 March 1998. It runs for 12 years."
-)
+from shine_hf.assets import FACTS_BACKBONE, FACTS_CONTEXT_TEMPLATE, FACTS_DATA, FACTS_SHINE
+from shine_hf.data import synthetic_facts
 
 
 def main() -> None:
     torch.manual_seed(0)
-    backbone = tiny_backbone("qwen3")
-    model = ShineForCausalLM.from_backbone(backbone, tokenizer=build_chat_tokenizer(), lora_rank=4, metalora_rank=8)
-    print(f"backbone: {type(backbone).__name__}, {sum(p.numel() for p in backbone.parameters()):,} params (frozen)")
-    print(f"hypernetwork: {sum(p.numel() for p in model.hypernetwork.parameters()):,} params, "
-          f"{model.config.num_memory_tokens} memory tokens, targets {model.config.target_modules}")
+    model = ShineForCausalLM.from_pretrained(FACTS_SHINE, backbone=FACTS_BACKBONE)
+    print(f"backbone: {sum(p.numel() for p in model.backbone.parameters()):,} params (frozen); "
+          f"hypernetwork: {sum(p.numel() for p in model.hypernetwork.parameters()):,} params, "
+          f"{model.config.num_memory_tokens} memory tokens")
+
+    record = synthetic_facts(**FACTS_DATA)["test"][0]
+    print(f"\ndocument (held out): {record['context']}")
 
     start = time.perf_counter()
-    adapter = model.internalize(DOCUMENT)
-    print(f"\ninternalize: one forward pass, {time.perf_counter() - start:.3f} s -> {adapter}")
+    adapter = model.internalize(record["context"])
+    print(f"internalize: one forward pass, {1e3 * (time.perf_counter() - start):.0f} ms -> {adapter}\n")
 
-    question = "Who signed the contract?"
-    print(f"Q: {question}")
-    print(f"A (untrained hypernetwork, so noise): {model.generate_text(question, adapter=adapter, max_new_tokens=8)!r}")
+    system = model.config.system_prompt
+    for question, answer in list(zip(record["questions"], record["answers"]))[:4]:
+        shine = model.generate_text(question, adapter=adapter, max_new_tokens=8)
+        in_context = model.generate_text(question, context=record["context"], system_prompt=system,
+                                         context_template=FACTS_CONTEXT_TEMPLATE, max_new_tokens=8)
+        question_only = model.generate_text(question, system_prompt=system, max_new_tokens=8)
+        print(f"Q: {question}\n   reference {answer!r} | SHINE {shine!r} | in-context {in_context!r} | "
+              f"question only {question_only!r}")
 
     with tempfile.TemporaryDirectory() as tmp:
         adapter.save_pretrained(tmp)
-        print(f"\nsaved a PEFT adapter: {sorted(p.name for p in __import__('pathlib').Path(tmp).iterdir())}")
-        peft_model = PeftModel.from_pretrained(tiny_backbone("qwen3"), tmp).eval()
-        ids = model.tokenizer(question, return_tensors="pt")["input_ids"]
+        print(f"\nsaved a PEFT adapter: {sorted(p.name for p in Path(tmp).iterdir())}")
+        peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(FACTS_BACKBONE), tmp).eval()
+        ids = model.tokenizer(record["questions"][0], return_tensors="pt")["input_ids"]
         with torch.no_grad():
             ours = model(ids, adapter=adapter).logits
             theirs = peft_model(input_ids=ids).logits
         print(f"PeftModel.from_pretrained logits vs live adapter: max |diff| = {(ours - theirs).abs().max():.2e}")
-        reloaded = ShineAdapter.from_pretrained(tmp)
-        print(f"ShineAdapter.from_pretrained: {reloaded}")
+        print(f"ShineAdapter.from_pretrained: {ShineAdapter.from_pretrained(tmp)}")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -184,14 +185,21 @@ class ShineForCausalLM(ShinePreTrainedModel, GenerationMixin):
                       if k in kwargs}
         if config is None:
             config = ShineConfig.from_pretrained(pretrained_model_name_or_path, revision=revision, **hub_kwargs)
+        name_resolved_from = None
         if backbone is None or isinstance(backbone, (str, os.PathLike)):
             name = str(backbone) if backbone is not None else config.backbone_name_or_path
             if not name:
                 raise ValueError("The checkpoint's config names no backbone: pass backbone=...")
+            local = Path(pretrained_model_name_or_path)
+            if backbone is None and name.startswith(("./", "../")) and local.is_dir():
+                name = str((local / name).resolve())  # a backbone stored beside a local checkpoint
             backbone = AutoModelForCausalLM.from_pretrained(
                 name, revision=backbone_revision or config.backbone_revision, dtype=dtype, device_map=device_map
             )
+            name_resolved_from = name
         model = cls(config, backbone=backbone)
+        # What adapters name as their base model: the backbone actually loaded, where known.
+        model.resolved_backbone_path = name_resolved_from or getattr(backbone, "name_or_path", None) or None
         files = resolve_weight_files(pretrained_model_name_or_path, revision=revision, **hub_kwargs)
         load_weights_into(model.hypernetwork, files, prefix="hypernetwork.")
         device = backbone.get_input_embeddings().weight.device
@@ -294,8 +302,8 @@ class ShineForCausalLM(ShinePreTrainedModel, GenerationMixin):
         with torch.set_grad_enabled(requires_grad):
             memory_states = self.encode_context(input_ids, attention_mask)
             lora = self.hypernetwork.memory_states_to_lora(memory_states)
-        adapter = ShineAdapter(lora, self.targets, self.layers_path, self.config.backbone_name_or_path,
-                               self.config.backbone_revision)
+        backbone_name = getattr(self, "resolved_backbone_path", None) or self.config.backbone_name_or_path
+        adapter = ShineAdapter(lora, self.targets, self.layers_path, backbone_name, self.config.backbone_revision)
         return adapter
 
     def encode_context(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
