@@ -111,7 +111,7 @@ def test_evaluate_qa_baselines_use_the_prompts_of_generate_text():
 
 
 GATE_F1 = 0.8  # issue 6: in-context F1 on held-out documents before any hypernetwork training
-SHIPPED_F1_FLOOR = 0.3  # the shipped backbone measures 0.39 on the 100 test documents (RESULTS.md)
+SHIPPED_F1_FLOOR = 0.45  # the shipped backbone measures 0.573 on the 100 test documents (RESULTS.md)
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +158,7 @@ def test_shipped_backbone_loads_offline_and_reads_held_out_documents(shipped_bac
     assert scores["f1"] >= SHIPPED_F1_FLOOR, scores
 
 
-@pytest.mark.xfail(strict=True, reason="the shipped backbone measures in-context F1 0.39 < 0.8 "
+@pytest.mark.xfail(strict=True, reason="the shipped backbone measures in-context F1 0.573 < 0.8 "
                    "(benchmarks/RESULTS.md); remove this mark when a backbone that passes the gate is shipped")
 def test_shipped_backbone_passes_the_in_context_gate(shipped_backbone_scores):
     assert shipped_backbone_scores["f1"] >= GATE_F1, shipped_backbone_scores
