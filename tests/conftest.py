@@ -6,6 +6,9 @@ import os
 
 import pytest
 
+# pytest puts tests/ itself on sys.path (rootdir-less test modules, prepend import mode)
+from hub_server import configure_hub_env, hub, hub_server  # noqa: F401 (fixtures)
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
@@ -14,12 +17,6 @@ def tokenizer():
     from shine_hf.testing import build_chat_tokenizer
 
     return build_chat_tokenizer()
-
-
-try:
-    from tests.hub_server import configure_hub_env, hub, hub_server
-except ImportError:  # tests/ is not a package: pytest puts tests/ itself on sys.path
-    from hub_server import configure_hub_env, hub, hub_server  # noqa: F401 (fixtures)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -44,11 +44,8 @@ import it).  :func:`configure_hub_env` must therefore run *before* that import:
 call it from ``pytest_configure`` in ``tests/conftest.py``, and do not import
 ``huggingface_hub``/``transformers``/``peft`` at conftest module level::
 
-    # tests/conftest.py
-    try:
-        from tests.hub_server import configure_hub_env, hub, hub_server
-    except ImportError:  # tests/ is not a package: pytest puts tests/ itself on sys.path
-        from hub_server import configure_hub_env, hub, hub_server  # noqa: F401 (fixtures)
+    # tests/conftest.py (pytest puts tests/ itself on sys.path)
+    from hub_server import configure_hub_env, hub, hub_server  # noqa: F401 (fixtures)
 
     def pytest_configure(config: pytest.Config) -> None:
         configure_hub_env(config)

@@ -6,16 +6,14 @@ import subprocess
 import sys
 
 import pytest
+
+# pytest puts tests/ on sys.path (rootdir-less test modules, prepend import mode)
+from reference_impl import build_reference_checkpoint, save_reference_checkpoint
 from typer.testing import CliRunner
 
 from shine_hf import ShineForCausalLM
 from shine_hf.cli import app
 from shine_hf.testing import tiny_backbone
-
-try:
-    from tests.reference_impl import build_reference_checkpoint, save_reference_checkpoint
-except ImportError:  # tests/ is not a package: pytest puts tests/ itself on sys.path
-    from reference_impl import build_reference_checkpoint, save_reference_checkpoint
 
 runner = CliRunner()
 

@@ -8,6 +8,17 @@ from pathlib import Path
 
 import pytest
 import torch
+
+# pytest puts tests/ on sys.path (rootdir-less test modules, prepend import mode)
+from reference_impl import (
+    build_reference_checkpoint,
+    left_pad,
+    merge_loradicts,
+    qwen3_forward,
+    reference_answer_logits,
+    reference_generated_lora,
+    save_reference_checkpoint,
+)
 from torch import nn
 
 from shine_hf import (
@@ -28,27 +39,6 @@ from shine_hf.convert import (
 from shine_hf.modeling.lora import discover_target_modules
 from shine_hf.testing import tiny_backbone, tiny_backbone_config
 from shine_hf.testing.models import tiny_shine
-
-try:
-    from tests.reference_impl import (
-        build_reference_checkpoint,
-        left_pad,
-        merge_loradicts,
-        qwen3_forward,
-        reference_answer_logits,
-        reference_generated_lora,
-        save_reference_checkpoint,
-    )
-except ImportError:  # tests/ is not a package: pytest puts tests/ itself on sys.path
-    from reference_impl import (
-        build_reference_checkpoint,
-        left_pad,
-        merge_loradicts,
-        qwen3_forward,
-        reference_answer_logits,
-        reference_generated_lora,
-        save_reference_checkpoint,
-    )
 
 # Tiny Qwen3: hidden 32, per-layer P(r) = 512 r = 16 r * H, so r = 2 gives M = 32 memory tokens.
 LORA_RANK = 2

@@ -14,6 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+# pytest puts tests/ on sys.path (rootdir-less test modules, prepend import mode)
+from hub_server import HUB_USER, HubContext, start_hub_server
 from huggingface_hub import (
     CommitOperationAdd,
     CommitOperationDelete,
@@ -41,11 +44,6 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.utils import get_session
 from safetensors.numpy import save as save_safetensors
-
-try:
-    from tests.hub_server import HUB_USER, HubContext, start_hub_server
-except ImportError:  # tests/ is not a package: pytest puts tests/ itself on sys.path
-    from hub_server import HUB_USER, HubContext, start_hub_server
 
 HUB_SERVER_SCRIPT = Path(__file__).with_name("hub_server.py")
 WEIGHTS = save_safetensors({"w": np.arange(6, dtype=np.float32).reshape(2, 3)})
