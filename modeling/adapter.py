@@ -19,10 +19,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .checkpoint import render_card
+from .checkpoint import push_in_one_commit, render_card
 from .errors import CheckpointError, IncompatibleAdapterError
 from .io_utils import atomic_directory
-from .lora import LoraWeights, TargetModule
+from .lora import TARGET_MODULE_CANDIDATES, LoraWeights, TargetModule
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
@@ -310,6 +310,9 @@ class ShineAdapter:
             raise CheckpointError(f"Adapter tensors do not share one decoder-layer path: {layers_paths}.")
         num_layers = max(layer for layer, _ in found) + 1
         scaling = alpha / rank
+        # PEFT's lora_bias applies to every targeted module; a module whose bias is zero in every
+        # layer had none (exported as exact zeros), one with any non-zero layer keeps all of them.
+        biased = {name for (_, name), parts in found.items() if "C" in parts and torch.any(parts["C"])}
         lora: dict[int, dict[str, LoraWeights]] = {}
         shapes: dict[str, tuple[int, int, bool]] = {}
         for (layer, name), parts in found.items():
@@ -319,16 +322,14 @@ class ShineAdapter:
             B = parts["B"].T.contiguous()[None]  # (1, r, out)
             if scaling != 1.0:
                 B = B * scaling  # alpha/r folded into B
-            C = parts.get("C")
-            if C is not None and not torch.any(C):
-                C = None if not _module_needs_bias(found, name) else C
-            C = None if C is None else C[None]
+            C = parts["C"][None] if name in biased and "C" in parts else None
             lora.setdefault(layer, {})[name] = LoraWeights(A, B, C)
             shapes[name] = (A.shape[1], B.shape[2], C is not None)
         missing = [(layer, n) for layer in range(num_layers) for n in shapes if n not in lora.get(layer, {})]
         if missing:
             raise CheckpointError(f"Adapter has no weights for {missing[:5]}.")
-        order = {name: index for index, name in enumerate(_candidate_order(list(shapes)))}
+        # the hypernetwork's reading order; unknown names keep their order after the known ones
+        order = {name: index for index, name in enumerate(TARGET_MODULE_CANDIDATES)}
         fan_in_fan_out = bool(config.get("fan_in_fan_out", False))
         targets = [
             TargetModule(name, shapes[name][0], shapes[name][1], shapes[name][2], fan_in_fan_out)
@@ -349,20 +350,8 @@ class ShineAdapter:
         """Create `repo_id` if needed and upload the PEFT adapter (with model card) in one commit.
 
         Returns the commit URL."""
-        import tempfile
-
-        from huggingface_hub import HfApi
-
-        api = HfApi(token=token)
-        repo_url = api.create_repo(repo_id, private=private, exist_ok=True)
-        self.card_info = {**(getattr(self, "card_info", None) or {}), "repo_id": repo_url.repo_id}
-        with tempfile.TemporaryDirectory() as tmp:
-            self.save_pretrained(tmp)
-            commit = api.upload_folder(
-                repo_id=repo_url.repo_id, folder_path=tmp, commit_message=commit_message,
-                revision=revision,
-            )
-        return commit.commit_url
+        return push_in_one_commit(self, repo_id, private=private, token=token, revision=revision,
+                                  commit_message=commit_message)
 
     def __repr__(self) -> str:
         return (
@@ -370,15 +359,4 @@ class ShineAdapter:
             f"targets={[t.name for t in self.targets]}, bias_deltas={self.has_bias_deltas}, "
             f"base_model={self.base_model_name_or_path!r})"
         )
-
-
-def _module_needs_bias(found: dict, name: str) -> bool:
-    """True if any layer's bias for `name` is non-zero (then zero rows are real zeros, not padding)."""
-    return any(torch.any(parts["C"]) for (_, n), parts in found.items() if n == name and "C" in parts)
-
-
-def _candidate_order(names: Sequence[str]) -> list[str]:
-    from .lora import TARGET_MODULE_CANDIDATES
-
-    return [n for n in TARGET_MODULE_CANDIDATES if n in names] + [n for n in names if n not in TARGET_MODULE_CANDIDATES]
 

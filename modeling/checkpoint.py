@@ -122,14 +122,41 @@ def load_weights_into(module: torch.nn.Module, files: list[Path], prefix: str) -
                             )
                         target.copy_(tensor.to(target.dtype))
                         seen.add(name)
+            except CheckpointError:
+                raise
             except (SafetensorError, OSError) as error:
-                if isinstance(error, CheckpointError):
-                    raise
                 raise CheckpointError(f"{path} is not a readable safetensors file ({error}); it may be "
                                       f"truncated or corrupt.") from error
     missing = sorted(set(expected) - seen)
     if missing:
         raise CheckpointError(f"The checkpoint lacks {len(missing)} hypernetwork tensor(s), e.g. {missing[:3]}.")
+
+
+def push_in_one_commit(
+    obj: Any,
+    repo_id: str,
+    *,
+    private: bool | None,
+    token: str | None,
+    revision: str | None,
+    commit_message: str,
+    **save_kwargs: Any,
+) -> str:
+    """Create `repo_id` if needed, then `obj.save_pretrained` into a temporary directory and upload
+    it in one commit. The model card names the repo (`obj.card_info["repo_id"]`). Returns the
+    commit URL."""
+    import tempfile
+
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    repo = api.create_repo(repo_id, private=private, exist_ok=True)
+    obj.card_info = {**(getattr(obj, "card_info", None) or {}), "repo_id": repo.repo_id}
+    with tempfile.TemporaryDirectory() as tmp:
+        obj.save_pretrained(tmp, **save_kwargs)
+        commit = api.upload_folder(repo_id=repo.repo_id, folder_path=tmp, commit_message=commit_message,
+                                   revision=revision)
+    return commit.commit_url
 
 
 # Model-card renderers, registered by `shine_hf.hub` when the package is installed. Inside bare

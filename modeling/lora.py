@@ -247,11 +247,6 @@ class LoraInjector:
         finally:
             self._active = previous
 
-    def set_active(self, lora: LoraDict | None) -> None:
-        """Activate a LoRA until replaced (used where a context manager cannot span the work,
-        e.g. a backward pass that recomputes checkpointed layers)."""
-        self._active = lora
-
     def remove(self) -> None:
         for handle in self._handles:
             handle.remove()

@@ -259,18 +259,10 @@ class ShineForCausalLM(ShinePreTrainedModel, GenerationMixin):
     ) -> str:
         """Create `repo_id` if needed and upload the checkpoint (hypernetwork, config, code, card,
         tokenizer) in one commit. Returns the commit URL."""
-        import tempfile
+        from .checkpoint import push_in_one_commit
 
-        from huggingface_hub import HfApi
-
-        api = HfApi(token=token)
-        repo = api.create_repo(repo_id, private=private, exist_ok=True)
-        self.card_info = {**(getattr(self, "card_info", None) or {}), "repo_id": repo.repo_id}
-        with tempfile.TemporaryDirectory() as tmp:
-            self.save_pretrained(tmp, max_shard_size=max_shard_size)
-            commit = api.upload_folder(repo_id=repo.repo_id, folder_path=tmp, commit_message=commit_message,
-                                       revision=revision)
-        return commit.commit_url
+        return push_in_one_commit(self, repo_id, private=private, token=token, revision=revision,
+                                  commit_message=commit_message, max_shard_size=max_shard_size)
 
     # ------------------------------------------------------------------ internalize
     @property
