@@ -365,9 +365,9 @@ class ShineForCausalLM(ShinePreTrainedModel, GenerationMixin):
             if empty:
                 raise EmptyContextError(f"Context(s) {empty} are empty or whitespace only: nothing to internalize.")
             ids = [tokenizer(c)["input_ids"] for c in context]
-            input_ids, attention_mask = _pad(ids)
+            input_ids, attention_mask = pad_token_ids(ids)
         elif len(context):
-            input_ids, attention_mask = _pad([list(map(int, c)) for c in context])
+            input_ids, attention_mask = pad_token_ids([list(map(int, c)) for c in context])
         else:
             raise EmptyContextError("No context given: pass a string, a list of strings or token ids.")
         lengths = attention_mask.sum(dim=1)
@@ -474,7 +474,7 @@ class ShineForCausalLM(ShinePreTrainedModel, GenerationMixin):
         prompts = [question_prompt(tokenizer, q, system_prompt) for q in questions]
         ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        input_ids, attention_mask = _pad(ids, pad_id=pad_id or 0, side="left")
+        input_ids, attention_mask = pad_token_ids(ids, pad_id=pad_id or 0, side="left")
         device = self.backbone.get_input_embeddings().weight.device
         generate_kwargs.setdefault("do_sample", False)
         generate_kwargs.setdefault("pad_token_id", pad_id)
@@ -594,7 +594,10 @@ def _right_align(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple
     return input_ids.gather(1, order), attention_mask.gather(1, order)
 
 
-def _pad(sequences: Sequence[Sequence[int]], pad_id: int = 0, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
+def pad_token_ids(
+    sequences: Sequence[Sequence[int]], pad_id: int = 0, side: str = "right"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad id lists to one (B, N) LongTensor on `side`; returns (input_ids, attention_mask)."""
     width = max(len(s) for s in sequences)
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)

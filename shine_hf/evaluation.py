@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from .modeling.modeling_shine import pad_token_ids
 from .modeling.prompting import IN_CONTEXT_TEMPLATE, in_context_question, question_prompt
 
 __all__ = [
@@ -116,12 +117,8 @@ def _user_turn(question: str, context: str | None, template: str) -> str:
 def _generate_plain(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
     ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    width = max(len(i) for i in ids)
-    input_ids = torch.full((len(ids), width), pad_id or 0, dtype=torch.long)
-    mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for row, seq in enumerate(ids):  # left padding
-        input_ids[row, width - len(seq):] = torch.tensor(seq)
-        mask[row, width - len(seq):] = 1
+    input_ids, mask = pad_token_ids(ids, pad_id=pad_id or 0, side="left")
+    width = input_ids.shape[1]
     device = model.get_input_embeddings().weight.device
     output = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device), do_sample=False,
                             max_new_tokens=max_new_tokens, pad_token_id=pad_id,
