@@ -131,7 +131,7 @@ class ShineForCausalLM(ShinePreTrainedModel, GenerationMixin):
         else:
             name = getattr(backbone, "name_or_path", None) or getattr(backbone.config, "_name_or_path", None)
         if tokenizer is None and name:
-            tokenizer = _try_load_tokenizer(name, revision)
+            tokenizer = try_load_tokenizer(name, revision)
         layers_path, targets = discover_target_modules(backbone, target_modules)
         config = ShineConfig(
             backbone_name_or_path=name or None,
@@ -208,8 +208,8 @@ class ShineForCausalLM(ShinePreTrainedModel, GenerationMixin):
         backbone_config = backbone.config
         model.tokenizer = (
             tokenizer
-            or _try_load_tokenizer(str(pretrained_model_name_or_path), revision, backbone_config)
-            or _try_load_tokenizer(config.backbone_name_or_path, backbone_revision or config.backbone_revision,
+            or try_load_tokenizer(str(pretrained_model_name_or_path), revision, backbone_config)
+            or try_load_tokenizer(config.backbone_name_or_path, backbone_revision or config.backbone_revision,
                                    backbone_config)
         )
         return model.eval()
@@ -610,7 +610,7 @@ def pad_token_ids(
     return ids, mask
 
 
-def _try_load_tokenizer(name: str | None, revision: str | None, backbone_config: Any = None):
+def try_load_tokenizer(name: str | None, revision: str | None, backbone_config: Any = None):
     """The tokenizer at `name`, or None when there is none (or it cannot be loaded).
 
     Passing the backbone's config stops AutoTokenizer from reading a SHINE `config.json` (whose

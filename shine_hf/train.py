@@ -35,7 +35,6 @@ from rich.console import Console
 from rich.text import Text
 from transformers import (
     AutoModelForCausalLM,
-    AutoTokenizer,
     PreTrainedModel,
     Trainer,
     TrainerCallback,
@@ -49,6 +48,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from .modeling import ShineConfig, ShineError, ShineForCausalLM
 from .modeling.checkpoint import WEIGHTS_INDEX_NAME, WEIGHTS_NAME, load_weights_into, resolve_weight_files
+from .modeling.modeling_shine import try_load_tokenizer
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -585,17 +585,6 @@ def _build_dataset(
     return dataset
 
 
-def _load_tokenizer(candidates: Sequence[str | None], backbone_config: Any) -> Any:
-    for name in candidates:
-        if not name:
-            continue
-        try:
-            return AutoTokenizer.from_pretrained(name, config=backbone_config)
-        except (OSError, ValueError, TypeError):
-            continue
-    return None
-
-
 def _resolve_resume(resume_from_checkpoint: str | os.PathLike | bool | None, output_dir: Path) -> str | None:
     if resume_from_checkpoint in (None, False):
         return None
@@ -761,7 +750,9 @@ def train(
 
     # 2. tokenizer and special tokens
     if tokenizer is None:
-        tokenizer = _load_tokenizer([source, backbone_name], backbone.config)
+        tokenizer = try_load_tokenizer(source, None, backbone.config) or try_load_tokenizer(
+            backbone_name, None, backbone.config
+        )
         if tokenizer is None:
             raise TrainingError("No tokenizer found next to the checkpoint or the backbone: pass tokenizer=.")
     if stage == "pretrain":
