@@ -751,7 +751,7 @@ def train(
     # 2. tokenizer and special tokens
     if tokenizer is None:
         tokenizer = try_load_tokenizer(source, None, backbone.config) or try_load_tokenizer(
-            backbone_name, None, backbone.config
+            backbone_name, backbone_revision, backbone.config
         )
         if tokenizer is None:
             raise TrainingError("No tokenizer found next to the checkpoint or the backbone: pass tokenizer=.")

@@ -243,6 +243,27 @@ def test_pretrain_then_instruction_tune_from_the_command_line(tmp_path):
     assert any(differs)
 
 
+def test_backbone_tokenizer_comes_from_the_backbone_revision(tmp_path, hub):
+    """A backbone named on the Hub at an old revision brings the tokenizer of that revision."""
+    from huggingface_hub import HfApi
+
+    repo_id = hub.unique_repo_id("tiny-backbone")
+    _save_backbone(tmp_path / "backbone")
+    api = HfApi()
+    api.create_repo(repo_id)
+    first = api.upload_folder(repo_id=repo_id, folder_path=tmp_path / "backbone").oid
+    grown = build_chat_tokenizer()
+    grown.add_tokens(["<later-token>"])
+    grown.save_pretrained(tmp_path / "grown")
+    api.upload_folder(repo_id=repo_id, folder_path=tmp_path / "grown")
+
+    result = train(repo_id, Dataset.from_list(_records(2)), backbone_revision=first, output_dir=tmp_path / "out",
+                   max_steps=1, per_device_train_batch_size=2, gradient_accumulation_steps=1, hypernetwork_config=HYPER,
+                   training_args={"disable_tqdm": True, "dataloader_pin_memory": False})
+    assert "<later-token>" not in result.model.tokenizer.get_added_vocab()
+    assert len(result.model.tokenizer) == len(build_chat_tokenizer())
+
+
 def test_command_line_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--data", str(tmp_path / "missing.jsonl"), "--output-dir", str(tmp_path / "out"),
