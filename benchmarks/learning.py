@@ -32,8 +32,8 @@ from datasets import Dataset, concatenate_datasets
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from shine_hf.assets import FACTS_BACKBONE, FACTS_CONTEXT_TEMPLATE, FACTS_DATA
-from shine_hf.data import synthetic_facts
-from shine_hf.evaluation import evaluate_qa
+from shine_hf.data import fact_attribute, synthetic_facts
+from shine_hf.evaluation import evaluate_qa, f1_score
 from shine_hf.train import train
 
 
@@ -70,6 +70,14 @@ class BudgetAndEval(TrainerCallback):
         if time.time() > self.deadline:
             control.should_training_stop = True
         return control
+
+
+def f1_by_attribute(predictions) -> dict[str, float]:
+    """Mean F1 per synthetic-facts attribute (city, birth_date, ...) of (question, answer, prediction) rows."""
+    scores: dict[str, list[float]] = {}
+    for question, answer, prediction in predictions:
+        scores.setdefault(fact_attribute(question) or "other", []).append(f1_score(prediction, answer))
+    return {attribute: round(sum(v) / len(v), 3) for attribute, v in sorted(scores.items())}
 
 
 def loss_points(trainer, stage: str, offset_step: int = 0) -> list[dict]:
@@ -181,6 +189,7 @@ def main(argv=None) -> int:
         "in_context_with_reference_template": reference_prompt,
         "shine_over_in_context": final["shine"]["f1"] / ic if ic else None,
         "shine_over_question_only": final["shine"]["f1"] / qo if qo else None,
+        "f1_by_attribute": {mode: f1_by_attribute(s["predictions"]) for mode, s in final.items()},
         "history": history,
         "examples": final["shine"]["predictions"][:6],
     }
@@ -191,6 +200,10 @@ def main(argv=None) -> int:
     print("\n| mode | F1 | EM | n |\n|---|---|---|---|")
     for mode, s in final.items():
         print(f"| {mode} | {s['f1']:.3f} | {s['em']:.3f} | {s['n']} |")
+    attributes = list(summary["f1_by_attribute"]["shine"])
+    print("\n| F1 by attribute | " + " | ".join(attributes) + " |\n|---|" + "---|" * len(attributes))
+    for mode, by_attribute in summary["f1_by_attribute"].items():
+        print(f"| {mode} | " + " | ".join(f"{by_attribute.get(a, float('nan')):.3f}" for a in attributes) + " |")
     print(f"\nSHINE / in-context = {summary['shine_over_in_context']}; "
           f"SHINE / question-only = {summary['shine_over_question_only']}")
     print("\n| step | train minutes | SHINE val F1 | SHINE / in-context (test) |\n|---|---|---|---|")

@@ -59,6 +59,7 @@ __all__ = [
     "build_qa_dataset",
     "chat_format",
     "completion_context",
+    "fact_attribute",
     "load_qa_dataset",
     "load_text_dataset",
     "pack_records",
@@ -1001,6 +1002,29 @@ def synthetic_facts(
             position += count
         splits[split] = Dataset.from_list(documents)
     return DatasetDict(splits)
+
+
+def fact_attribute(question: str) -> str | None:
+    """Which attribute a ``synthetic_facts`` question asks for (``"birth_date"``, ``"city"``,
+    ``"profession"``, ``"height"``, ``"company"``, ``"employees"``), or None for any other text.
+
+    Lets evaluations report scores per question type."""
+    for pattern, attribute in _QUESTION_PATTERNS:
+        if pattern.fullmatch(question.strip()):
+            return attribute
+    return None
+
+
+def _question_patterns() -> tuple[tuple[re.Pattern[str], str], ...]:
+    patterns = []
+    for _, qa_templates in FACT_TEMPLATES:
+        for question, answer in qa_templates:
+            regex = re.sub(r"\\\{\w+\\\}", ".+?", re.escape(question))
+            patterns.append((re.compile(regex), re.search(r"\{(\w+)\}", answer).group(1)))
+    return tuple(patterns)
+
+
+_QUESTION_PATTERNS = _question_patterns()
 
 
 def _check_vocabularies_disjoint(groups: Iterable[Iterable[str]]) -> None:

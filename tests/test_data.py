@@ -587,6 +587,19 @@ def test_synthetic_facts_options_and_determinism():
         D.synthetic_facts(2)
 
 
+@pytest.mark.parametrize("one_token_names", [False, True])
+def test_fact_attribute_names_what_each_question_asks(one_token_names):
+    facts = D.synthetic_facts(20, seed=6, one_token_names=one_token_names, entities_per_document=(1, 1))
+    for doc in facts["train"]:
+        name = doc["entities"][0]
+        asked = {D.fact_attribute(q): a for q, a in zip(doc["questions"], doc["answers"], strict=True)}
+        assert set(asked) == {"birth_date", "city", "profession", "height", "company", "employees"}
+        assert f"{name} lives in {asked['city']}." in doc["context"]
+        assert f"{name} is {asked['height']} tall." in doc["context"]  # the answer is "NNN cm"
+    assert D.fact_attribute("Who signed the contract?") is None
+    assert D.fact_attribute("  Where does Ana Lopez live? ") == "city"
+
+
 def test_one_token_names_are_one_word_level_token():
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
