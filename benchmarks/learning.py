@@ -123,6 +123,9 @@ def main(argv=None) -> int:
     parser.add_argument("--test-docs", type=int, default=100)
     parser.add_argument("--context-template", default=FACTS_CONTEXT_TEMPLATE,
                         help="in-context user turn (default: the one the facts backbone was trained with)")
+    parser.add_argument("--keep-qa-order", action="store_true",
+                        help="train on each document's questions in their fixed order (default: shuffled, "
+                             "see shine_hf.data.shuffle_qa_pairs)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--plot", default=None, help="loss-curve PNG path (default: OUTPUT_DIR/loss.png)")
@@ -164,7 +167,7 @@ def main(argv=None) -> int:
         from_checkpoint = out / "pretrain"
         print(f"pretraining: {pretrain_steps} steps, final loss {losses[-1]['loss'] if losses else 'n/a'}", flush=True)
     cb = BudgetAndEval(args.minutes, args.eval_every, validation, "ift", history, args.pretrain_minutes)
-    result = train(backbone, records, output_dir=out, stage="ift",
+    result = train(backbone, records, output_dir=out, stage="ift", shuffle_qa=not args.keep_qa_order,
                    hypernetwork_config=None if from_checkpoint else hyper, from_checkpoint=from_checkpoint,
                    callbacks=[cb], **common)
     losses += loss_points(result.trainer, "instruction tuning (QA)", pretrain_steps)

@@ -64,6 +64,7 @@ __all__ = [
     "load_text_dataset",
     "pack_records",
     "pretraining_records",
+    "shuffle_qa_pairs",
     "split_qa_records",
     "synthetic_facts",
     "tokenize_context",
@@ -367,6 +368,8 @@ def tokenize_records(
     max_context_tokens: int | None = 1024,
     max_conversation_tokens: int | None = 1024,
     split_qa: bool = False,
+    shuffle_qa: bool = False,
+    seed: int = 0,
     pack_contexts: bool = False,
     pack_separator: str = "\n\n",
 ) -> tuple[Dataset, DataStats]:
@@ -378,6 +381,9 @@ def tokenize_records(
         max_context_tokens: Context budget; longer contexts keep their first tokens.
         max_conversation_tokens: Conversation budget; see ``tokenize_conversation``.
         split_qa: One sample per QA pair instead of one multi-turn sample per record.
+        shuffle_qa: Put each record's QA pairs in a random order (``shuffle_qa_pairs``, seeded by
+            ``seed``), so no question is always asked at the same turn.
+        seed: Seed of ``shuffle_qa``.
         pack_contexts: Pack consecutive records into one sample (see ``pack_records``).
         pack_separator: Text between packed contexts (a blank line).
 
@@ -386,6 +392,8 @@ def tokenize_records(
         records with no supervised token left are dropped) and their ``DataStats``, also logged
         (as a warning when anything was truncated or dropped).
     """
+    if shuffle_qa:
+        records = shuffle_qa_pairs(records, seed)
     if split_qa:
         records = split_qa_records(records)
     if pack_contexts:
@@ -430,6 +438,28 @@ def tokenize_records(
     level = logging.WARNING if stats.lossy else logging.INFO
     logger.log(level, stats.summary())
     return tokenized, stats
+
+
+def shuffle_qa_pairs(records: Dataset, seed: int = 0) -> Dataset:
+    """Each record's QA pairs in a random order (record i uses ``random.Random((seed, i))``).
+
+    Multi-turn training samples ask a record's questions in its stored order. When that order is
+    fixed (every synthetic-facts document lists birth date, city, ..., employees), the generated
+    LoRA learns to answer the k-th attribute at turn k only: on the learning benchmark the
+    questions of turns 4-6 scored EM 1.0 at their own turn but 0.17 asked alone."""
+
+    def shuffle(batch: dict[str, list[Any]], indices: list[int]) -> dict[str, list[Any]]:
+        questions, answers = [], []
+        for index, record_questions, record_answers in zip(
+            indices, batch["questions"], batch["answers"], strict=True
+        ):
+            order = list(range(len(record_questions)))
+            random.Random(f"{seed}/{index}").shuffle(order)
+            questions.append([record_questions[k] for k in order])
+            answers.append([record_answers[k] for k in order])
+        return {"questions": questions, "answers": answers}
+
+    return records.map(shuffle, batched=True, with_indices=True, desc="Shuffling QA pairs")
 
 
 def split_qa_records(records: Dataset) -> Dataset:
@@ -625,13 +655,15 @@ def build_qa_dataset(
     tokenizer: Any,
     *,
     split_qa: bool = False,
+    shuffle_qa: bool = False,
+    seed: int = 0,
     max_context_tokens: int | None = 1024,
     max_conversation_tokens: int | None = 1024,
     pack_contexts: bool = False,
 ) -> tuple[Dataset, DataStats]:
     """Tokenized instruction samples from QA records (see ``load_qa_dataset``); no system prompt.
 
-    Returns the samples and their ``DataStats``.
+    Options as in ``tokenize_records``. Returns the samples and their ``DataStats``.
     """
     return tokenize_records(
         load_qa_dataset(source),
@@ -639,6 +671,8 @@ def build_qa_dataset(
         max_context_tokens=max_context_tokens,
         max_conversation_tokens=max_conversation_tokens,
         split_qa=split_qa,
+        shuffle_qa=shuffle_qa,
+        seed=seed,
         pack_contexts=pack_contexts,
     )
 

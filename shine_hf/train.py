@@ -562,6 +562,7 @@ def _build_dataset(
     max_context_tokens: int | None,
     max_conversation_tokens: int | None,
     split_qa: bool,
+    shuffle_qa: bool,
     pack_contexts: bool,
     seed: int,
 ) -> Dataset:
@@ -577,8 +578,9 @@ def _build_dataset(
         )
     else:
         dataset, _ = build_qa_dataset(
-            source, tokenizer, split_qa=split_qa, max_context_tokens=max_context_tokens,
-            max_conversation_tokens=max_conversation_tokens, pack_contexts=pack_contexts,
+            source, tokenizer, split_qa=split_qa, shuffle_qa=shuffle_qa, seed=seed,
+            max_context_tokens=max_context_tokens, max_conversation_tokens=max_conversation_tokens,
+            pack_contexts=pack_contexts,
         )
     if len(dataset) == 0:
         raise TrainingError(f"{what} gave no training samples.")
@@ -623,6 +625,7 @@ def train(
     max_context_tokens: int | None = REFERENCE_HYPERPARAMETERS["max_context_tokens"],
     max_conversation_tokens: int | None = 1024,
     split_qa: bool = False,
+    shuffle_qa: bool = False,
     pack_contexts: bool = False,
     text_column: str = "text",
     backbone_revision: str | None = None,
@@ -694,6 +697,8 @@ def train(
             Batch sizes and run length (`max_steps > 0` wins over epochs).
         max_context_tokens, max_conversation_tokens: Token budgets of contexts / conversations.
         split_qa: ift: one sample per QA pair instead of one multi-turn sample per record.
+        shuffle_qa: ift: ask each record's questions in a random (seeded) order; recommended when
+            every record lists its questions in the same order (see `shine_hf.data.shuffle_qa_pairs`).
         pack_contexts: Pack consecutive short records into one sample.
         text_column: Text field of JSON pretraining corpora.
         backbone_revision, backbone_dtype: How to load a backbone given by name (e.g.
@@ -777,7 +782,7 @@ def train(
     elif context_limit is None:
         context_limit = max_context_tokens
     data_kwargs = dict(text_column=text_column, max_context_tokens=context_limit,
-                       max_conversation_tokens=max_conversation_tokens, split_qa=split_qa,
+                       max_conversation_tokens=max_conversation_tokens, split_qa=split_qa, shuffle_qa=shuffle_qa,
                        pack_contexts=pack_contexts, seed=seed)
     train_dataset = _build_dataset(data, tokenizer, stage, what="Training data", **data_kwargs)
     eval_dataset = None
@@ -857,6 +862,8 @@ def train_command(
     max_conversation_tokens: Annotated[int, typer.Option("--max-conversation-tokens",
                                                     help="Conversation budget (tokens).")] = 1024,
     split_qa: Annotated[bool, typer.Option("--split-qa", help="ift: one sample per QA pair.")] = False,
+    shuffle_qa: Annotated[bool, typer.Option("--shuffle-qa", help="ift: ask each record's questions in a "
+                                                              "random (seeded) order.")] = False,
     pack_contexts: Annotated[bool, typer.Option("--pack-contexts", help="Pack short records into one "
                                                                    "sample.")] = False,
     text_column: Annotated[str, typer.Option("--text-column", help="Text field of JSON pretraining data.")] = "text",
@@ -922,6 +929,7 @@ def train_command(
             max_context_tokens=max_context_tokens,
             max_conversation_tokens=max_conversation_tokens,
             split_qa=split_qa,
+            shuffle_qa=shuffle_qa,
             pack_contexts=pack_contexts,
             text_column=text_column,
             backbone_dtype=dtype,

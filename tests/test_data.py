@@ -255,6 +255,27 @@ def test_split_qa_gives_single_turn_samples(tok):
         check_conversation(tok, [q + "?"], [a], sample["input_ids"], sample["labels"], IM_END)
 
 
+def test_shuffle_qa_pairs_keeps_pairs_together_and_is_seeded(tok):
+    questions = [f"Q{i}?" for i in range(6)]
+    records = Dataset.from_dict({
+        "context": [f"Doc {r}." for r in range(20)],
+        "questions": [questions] * 20,
+        "answers": [[q.lower().rstrip("?") for q in questions]] * 20,
+    })
+    shuffled = D.shuffle_qa_pairs(records, seed=1)
+    assert shuffled["context"] == records["context"]
+    for qs, ans in zip(shuffled["questions"], shuffled["answers"], strict=True):
+        assert sorted(qs) == questions and ans == [q.lower().rstrip("?") for q in qs]
+    first_questions = {qs[0] for qs in shuffled["questions"]}
+    assert len(first_questions) > 2  # every question gets to be asked first
+    assert D.shuffle_qa_pairs(records, seed=1)["questions"] == shuffled["questions"]
+    assert D.shuffle_qa_pairs(records, seed=2)["questions"] != shuffled["questions"]
+    # build_qa_dataset(shuffle_qa=True) trains on exactly that order
+    samples, _ = D.build_qa_dataset(records.select(range(3)), tok, shuffle_qa=True, seed=1)
+    for sample, qs, ans in zip(samples, shuffled["questions"][:3], shuffled["answers"][:3], strict=True):
+        check_conversation(tok, qs, ans, sample["input_ids"], sample["labels"], IM_END)
+
+
 def test_pack_contexts(tok):
     facts = D.synthetic_facts(40, seed=3, entities_per_document=(1, 1), questions_per_entity=1)
     records = facts["train"].select_columns(["context", "questions", "answers"])

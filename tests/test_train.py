@@ -232,7 +232,7 @@ def test_pretrain_then_instruction_tune_from_the_command_line(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "shine_hf.train", "--data", str(qa), "--stage", "ift",
                "--output-dir", str(tmp_path / "ift"), "--from", str(tmp_path / "pretrain"), "--max-steps", "2",
-               "--batch-size", "2", "--gradient-accumulation-steps", "1", "--logging-steps", "1"]
+               "--shuffle-qa", "--batch-size", "2", "--gradient-accumulation-steps", "1", "--logging-steps", "1"]
     run = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "Trained 2 steps" in run.stdout
