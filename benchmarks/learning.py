@@ -9,6 +9,9 @@ whose entities it never saw. Printed at the end, on held-out documents:
 
 - answer F1 / EM of (a) SHINE (question only + generated LoRA), (b) in-context (document in the
   prompt, baseline system prompt), (c) question only (system prompt, no document);
+- (d) a control: SHINE with the adapter of ANOTHER test document (answers must then be wrong:
+  they come from the generated LoRA, not from the question);
+- F1 per attribute (birth date, city, ...) for every mode;
 - (a)/(b) against training time (SHINE F1 on validation documents at checkpoints);
 - a loss-curve PNG and the trained hypernetwork (``save_pretrained`` layout) in ``--output-dir``.
 
@@ -17,6 +20,7 @@ reconstruction/completion pretraining stage first (``--pretrain-minutes``). A wa
 stops each stage (``--minutes``).
 
     python benchmarks/learning.py --minutes 30 --output-dir /tmp/shine-learning
+    python benchmarks/learning.py --eval-only shine_hf/assets/facts-shine   # score a trained one
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import torch
 from datasets import Dataset, concatenate_datasets
 from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
+from shine_hf import ShineForCausalLM
 from shine_hf.assets import FACTS_BACKBONE, FACTS_CONTEXT_TEMPLATE, FACTS_DATA
 from shine_hf.data import fact_attribute, synthetic_facts
 from shine_hf.evaluation import evaluate_qa, f1_score
@@ -80,6 +85,12 @@ def f1_by_attribute(predictions) -> dict[str, float]:
     return {attribute: round(sum(v) / len(v), 3) for attribute, v in sorted(scores.items())}
 
 
+def with_other_documents(records: Dataset) -> Dataset:
+    """The same questions and answers, each paired with the NEXT record's document (a control)."""
+    contexts = records["context"]
+    return records.map(lambda _, i: {"context": contexts[(i + 1) % len(contexts)]}, with_indices=True)
+
+
 def loss_points(trainer, stage: str, offset_step: int = 0) -> list[dict]:
     return [{"stage": stage, "step": offset_step + h["step"], "loss": h["loss"]}
             for h in trainer.state.log_history if "loss" in h]
@@ -105,6 +116,37 @@ def plot(losses: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def train_hypernetwork(args, records, validation, out: Path, history: list, losses: list, steps: dict):
+    """Train on `records` (optionally RECON/COMP pretraining first); fills history, losses, steps."""
+    backbone = AutoModelForCausalLM.from_pretrained(args.backbone)
+    tokenizer = AutoTokenizer.from_pretrained(args.backbone)
+    hyper = dict(lora_rank=args.lora_rank, metalora_rank=args.metalora_rank, m2p_num_layers=args.m2p_layers,
+                 lora_scale=args.scale)
+    print(f"train records {len(records)}, hypernetwork config {hyper}", flush=True)
+    common = dict(tokenizer=tokenizer, learning_rate=args.lr, warmup_steps=100, max_warmup_fraction=0.1,
+                  gradient_accumulation_steps=1, per_device_train_batch_size=args.batch_size, max_steps=100_000,
+                  logging_steps=10, save_steps=100_000, report_to="none", seed=args.seed,
+                  training_args={"disable_tqdm": True, "save_strategy": "no", "dataloader_num_workers": 0})
+    from_checkpoint = None
+    pretrain_steps = 0
+    if args.pretrain_minutes > 0:
+        texts = Dataset.from_dict({"text": list(records["context"])})
+        cb = BudgetAndEval(args.pretrain_minutes, 0, None, "pretrain", history, 0.0)
+        result = train(backbone, texts, output_dir=out / "pretrain", stage="pretrain", hypernetwork_config=hyper,
+                       callbacks=[cb], **common)
+        losses += loss_points(result.trainer, "pretrain (RECON/COMP)")
+        pretrain_steps = result.trainer.state.global_step
+        from_checkpoint = out / "pretrain"
+        print(f"pretraining: {pretrain_steps} steps, final loss {losses[-1]['loss'] if losses else 'n/a'}", flush=True)
+    cb = BudgetAndEval(args.minutes, args.eval_every, validation, "ift", history, args.pretrain_minutes)
+    result = train(backbone, records, output_dir=out, stage="ift", shuffle_qa=not args.keep_qa_order,
+                   hypernetwork_config=None if from_checkpoint else hyper, from_checkpoint=from_checkpoint,
+                   callbacks=[cb], **common)
+    losses += loss_points(result.trainer, "instruction tuning (QA)", pretrain_steps)
+    steps.update(ift=result.trainer.state.global_step, pretrain=pretrain_steps)
+    return result.model
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", default=str(FACTS_BACKBONE))
@@ -126,6 +168,8 @@ def main(argv=None) -> int:
     parser.add_argument("--keep-qa-order", action="store_true",
                         help="train on each document's questions in their fixed order (default: shuffled, "
                              "see shine_hf.data.shuffle_qa_pairs)")
+    parser.add_argument("--eval-only", default=None, metavar="CHECKPOINT",
+                        help="no training: score this saved SHINE hypernetwork (e.g. shine_hf/assets/facts-shine)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--plot", default=None, help="loss-curve PNG path (default: OUTPUT_DIR/loss.png)")
@@ -137,46 +181,28 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     start = time.time()
     splits = synthetic_facts(**FACTS_DATA)
-    train_entities = {e for row in splits["train"] for e in row["entities"]}
-    records = splits["train"]
-    if args.fresh_seeds:
-        records = concatenate_datasets([records, fresh_documents(train_entities, range(1, 1 + args.fresh_seeds))])
-    records = records.remove_columns("entities").shuffle(seed=args.seed)
     validation = splits["validation"].select(range(min(args.val_docs, len(splits["validation"]))))
     test = splits["test"].select(range(min(args.test_docs, len(splits["test"]))))
-    backbone = AutoModelForCausalLM.from_pretrained(args.backbone)
-    tokenizer = AutoTokenizer.from_pretrained(args.backbone)
-    hyper = dict(lora_rank=args.lora_rank, metalora_rank=args.metalora_rank, m2p_num_layers=args.m2p_layers,
-                 lora_scale=args.scale)
-    print(f"train records {len(records)}, hypernetwork config {hyper}", flush=True)
     history: list[dict] = []
     losses: list[dict] = []
-    common = dict(tokenizer=tokenizer, learning_rate=args.lr, warmup_steps=100, max_warmup_fraction=0.1,
-                  gradient_accumulation_steps=1, per_device_train_batch_size=args.batch_size, max_steps=100_000,
-                  logging_steps=10, save_steps=100_000, report_to="none", seed=args.seed,
-                  training_args={"disable_tqdm": True, "save_strategy": "no", "dataloader_num_workers": 0})
-    from_checkpoint = None
-    pretrain_steps = 0
-    if args.pretrain_minutes > 0:
-        texts = Dataset.from_dict({"text": list(records["context"])})
-        cb = BudgetAndEval(args.pretrain_minutes, 0, None, "pretrain", history, 0.0)
-        result = train(backbone, texts, output_dir=out / "pretrain", stage="pretrain", hypernetwork_config=hyper,
-                       callbacks=[cb], **common)
-        losses += loss_points(result.trainer, "pretrain (RECON/COMP)")
-        pretrain_steps = result.trainer.state.global_step
-        from_checkpoint = out / "pretrain"
-        print(f"pretraining: {pretrain_steps} steps, final loss {losses[-1]['loss'] if losses else 'n/a'}", flush=True)
-    cb = BudgetAndEval(args.minutes, args.eval_every, validation, "ift", history, args.pretrain_minutes)
-    result = train(backbone, records, output_dir=out, stage="ift", shuffle_qa=not args.keep_qa_order,
-                   hypernetwork_config=None if from_checkpoint else hyper, from_checkpoint=from_checkpoint,
-                   callbacks=[cb], **common)
-    losses += loss_points(result.trainer, "instruction tuning (QA)", pretrain_steps)
-    model = result.model.eval()
+    steps = {"ift": 0, "pretrain": 0}
+    if args.eval_only:
+        model = ShineForCausalLM.from_pretrained(args.eval_only, backbone=args.backbone)
+    else:
+        train_entities = {e for row in splits["train"] for e in row["entities"]}
+        records = splits["train"]
+        if args.fresh_seeds:
+            fresh = fresh_documents(train_entities, range(1, 1 + args.fresh_seeds))
+            records = concatenate_datasets([records, fresh])
+        records = records.remove_columns("entities").shuffle(seed=args.seed)
+        model = train_hypernetwork(args, records, validation, out, history, losses, steps)
+    model.eval()
     train_minutes = (time.time() - start) / 60
     # final scores on held-out (test-split) documents
     t = time.time()
     final = evaluate_qa(model, test, return_predictions=True, context_template=args.context_template)
     reference_prompt = evaluate_qa(model, test, ("in_context",))["in_context"]  # the reference's template
+    control = evaluate_qa(model, with_other_documents(test), ("shine",))["shine"]
     eval_seconds = time.time() - t
     ic, qo = final["in_context"]["f1"], final["question_only"]["f1"]
     for row in history:
@@ -184,12 +210,13 @@ def main(argv=None) -> int:
     summary = {
         "args": vars(args),
         "torch": torch.__version__,
-        "ift_steps": result.trainer.state.global_step,
-        "pretrain_steps": pretrain_steps,
+        "ift_steps": steps["ift"],
+        "pretrain_steps": steps["pretrain"],
         "wall_minutes_training": round(train_minutes, 2),
         "test_eval_seconds": round(eval_seconds, 1),
         "test": {m: {k: v for k, v in s.items() if k != "predictions"} for m, s in final.items()},
         "in_context_with_reference_template": reference_prompt,
+        "control_shine_with_another_documents_adapter": control,
         "shine_over_in_context": final["shine"]["f1"] / ic if ic else None,
         "shine_over_question_only": final["shine"]["f1"] / qo if qo else None,
         "f1_by_attribute": {mode: f1_by_attribute(s["predictions"]) for mode, s in final.items()},
@@ -198,11 +225,14 @@ def main(argv=None) -> int:
     }
     (out / "learning_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "losses.json").write_text(json.dumps(losses) + "\n")
-    plot(losses, Path(args.plot) if args.plot else out / "loss.png",
-         f"SHINE on facts-llama: r={args.lora_rank} R={args.metalora_rank} M2P={args.m2p_layers} s={args.scale}")
+    if losses:
+        plot(losses, Path(args.plot) if args.plot else out / "loss.png",
+             f"SHINE on facts-llama: r={args.lora_rank} R={args.metalora_rank} M2P={args.m2p_layers} s={args.scale}")
     print("\n| mode | F1 | EM | n |\n|---|---|---|---|")
     for mode, s in final.items():
         print(f"| {mode} | {s['f1']:.3f} | {s['em']:.3f} | {s['n']} |")
+    print(f"| control: shine with another document's adapter | {control['f1']:.3f} | {control['em']:.3f} | "
+          f"{control['n']} |")
     attributes = list(summary["f1_by_attribute"]["shine"])
     print("\n| F1 by attribute | " + " | ".join(attributes) + " |\n|---|" + "---|" * len(attributes))
     for mode, by_attribute in summary["f1_by_attribute"].items():

@@ -3,8 +3,9 @@
 Uses the small assets shipped with the package (no download): `facts-llama`, a 1.3M-parameter Llama
 trained to answer questions about synthetic "facts" documents, and `facts-shine`, a SHINE
 hypernetwork trained for it on CPU (benchmarks/learning.py). The document below comes from the
-held-out test split: its entity was never seen in training. These tiny models are weak (see
-benchmarks/RESULTS.md for their F1); the demo shows the workflow and checks the numerics.
+held-out test split: its entity was never seen in training. The models are toys that know only
+this kind of document (their held-out scores are in benchmarks/RESULTS.md); the demo shows the
+workflow and checks the numerics.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def main() -> None:
     print(f"internalize: one forward pass, {1e3 * (time.perf_counter() - start):.0f} ms -> {adapter}\n")
 
     system = model.config.system_prompt
-    for question, answer in list(zip(record["questions"], record["answers"]))[:4]:
+    for question, answer in zip(record["questions"], record["answers"], strict=True):
         shine = model.generate_text(question, adapter=adapter, max_new_tokens=8)
         in_context = model.generate_text(question, context=record["context"], system_prompt=system,
                                          context_template=FACTS_CONTEXT_TEMPLATE, max_new_tokens=8)
