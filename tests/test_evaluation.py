@@ -159,3 +159,22 @@ def test_shipped_backbone_loads_offline_and_reads_held_out_documents(shipped_bac
 def test_shipped_backbone_passes_the_in_context_gate(shipped_backbone_scores):
     """The gate of issue 6 on 20 held-out documents (the full test split measures 1.000, RESULTS.md)."""
     assert shipped_backbone_scores["f1"] >= GATE_F1, shipped_backbone_scores
+
+
+def test_shipped_hypernetwork_answers_from_the_generated_lora(monkeypatch):
+    """facts-shine on 10 held-out documents: the question alone + the document's LoRA answers (the
+    full test split measures F1 1.000, RESULTS.md); another document's LoRA gives other answers."""
+    from shine_hf import ShineForCausalLM
+    from shine_hf.assets import FACTS_DATA, FACTS_SHINE
+    from shine_hf.data import synthetic_facts
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = ShineForCausalLM.from_pretrained(FACTS_SHINE).eval()  # backbone ../facts-llama, resolved locally
+    held_out = synthetic_facts(**FACTS_DATA)["test"].select(range(10))
+    own = evaluate_qa(model, held_out, ("shine",), max_new_tokens=8)["shine"]
+    contexts = held_out["context"]
+    swapped = held_out.map(lambda _, i: {"context": contexts[(i + 1) % len(contexts)]}, with_indices=True)
+    other = evaluate_qa(model, swapped, ("shine",), max_new_tokens=8)["shine"]
+    assert own["n"] == other["n"] == 60
+    assert own["f1"] >= 0.9, own
+    assert other["f1"] <= 0.3, other
