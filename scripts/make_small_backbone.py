@@ -30,10 +30,14 @@ with the first recipe (1/8 plain-LM rows, no copy rows) reached test F1 0.573; s
 copy rows, no LM rows) 0.832 and stage 6 1.000.
 
 Usage (writes the folder, then measures the gate on the test split; the six commands that made
-the shipped weights are in that folder's README — one fresh run with the current defaults has not
-been measured):
+the shipped weights are in that folder's README). One run from scratch with the copy-row recipe,
 
-    python scripts/make_small_backbone.py --output-dir shine_hf/assets/facts-llama
+    python scripts/make_small_backbone.py --output-dir /tmp/bb-fresh --steps 4500 --batch-size 16 \\
+        --lr 2e-3 --seed 0 --eval-every 500 --eval-docs 20 --threads 1 --max-minutes 40
+
+reached test F1 0.998 in 40 minutes (4468 steps); the same with ``--lr 1e-3 --seed 1`` peaked at
+validation 0.96 (step 1500) and ended at 0.747 (employee counts lost again): not robust to seed and
+learning rate yet, so keep the best validation checkpoint in mind.
 
 Everything is deterministic given ``--seed`` (single thread).
 """
