@@ -37,19 +37,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from shine_hf import ShineForCausalLM
 from shine_hf.assets import FACTS_BACKBONE, FACTS_CONTEXT_TEMPLATE, FACTS_DATA
-from shine_hf.data import fact_attribute, synthetic_facts
-from shine_hf.evaluation import evaluate_qa, f1_score
+from shine_hf.data import fact_attribute, synthetic_facts, synthetic_facts_about
+from shine_hf.evaluation import evaluate_qa, f1_by_question_type, with_other_contexts
 from shine_hf.train import train
-
-
-def fresh_documents(train_entities: set[str], seeds: range) -> Dataset:
-    """New random facts about the training entities only (other entities' documents dropped)."""
-    parts = []
-    for seed in seeds:
-        splits = synthetic_facts(**{**FACTS_DATA, "seed": seed})
-        for split in splits.values():
-            parts.append(split.filter(lambda ents: set(ents) <= train_entities, input_columns="entities"))
-    return concatenate_datasets(parts)
 
 
 class BudgetAndEval(TrainerCallback):
@@ -78,17 +68,8 @@ class BudgetAndEval(TrainerCallback):
 
 
 def f1_by_attribute(predictions) -> dict[str, float]:
-    """Mean F1 per synthetic-facts attribute (city, birth_date, ...) of (question, answer, prediction) rows."""
-    scores: dict[str, list[float]] = {}
-    for question, answer, prediction in predictions:
-        scores.setdefault(fact_attribute(question) or "other", []).append(f1_score(prediction, answer))
-    return {attribute: round(sum(v) / len(v), 3) for attribute, v in sorted(scores.items())}
-
-
-def with_other_documents(records: Dataset) -> Dataset:
-    """The same questions and answers, each paired with the NEXT record's document (a control)."""
-    contexts = records["context"]
-    return records.map(lambda _, i: {"context": contexts[(i + 1) % len(contexts)]}, with_indices=True)
+    """Mean F1 per synthetic-facts attribute (city, birth_date, ...), rounded to 3 digits."""
+    return {kind: round(f1, 3) for kind, f1 in f1_by_question_type(predictions, fact_attribute).items()}
 
 
 def loss_points(trainer, stage: str, offset_step: int = 0) -> list[dict]:
@@ -192,7 +173,7 @@ def main(argv=None) -> int:
         train_entities = {e for row in splits["train"] for e in row["entities"]}
         records = splits["train"]
         if args.fresh_seeds:
-            fresh = fresh_documents(train_entities, range(1, 1 + args.fresh_seeds))
+            fresh = synthetic_facts_about(train_entities, range(1, 1 + args.fresh_seeds), **FACTS_DATA)
             records = concatenate_datasets([records, fresh])
         records = records.remove_columns("entities").shuffle(seed=args.seed)
         model = train_hypernetwork(args, records, validation, out, history, losses, steps)
@@ -202,7 +183,7 @@ def main(argv=None) -> int:
     t = time.time()
     final = evaluate_qa(model, test, return_predictions=True, context_template=args.context_template)
     reference_prompt = evaluate_qa(model, test, ("in_context",))["in_context"]  # the reference's template
-    control = evaluate_qa(model, with_other_documents(test), ("shine",))["shine"]
+    control = evaluate_qa(model, with_other_contexts(test), ("shine",))["shine"]
     eval_seconds = time.time() - t
     ic, qo = final["in_context"]["f1"], final["question_only"]["f1"]
     for row in history:

@@ -57,6 +57,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from shine_hf.assets import FACTS_CONTEXT_TEMPLATE, FACTS_DATA
 from shine_hf.data import (
     CITIES,
     COMPANIES,
@@ -69,6 +70,7 @@ from shine_hf.data import (
     chat_format,
     fact_attribute,
     synthetic_facts,
+    synthetic_facts_about,
 )
 from shine_hf.modeling.configuration_shine import DEFAULT_SYSTEM_PROMPT
 from shine_hf.modeling.prompting import question_prompt, render_chat
@@ -76,9 +78,6 @@ from shine_hf.testing.tokenizers import QWEN3_CHAT_TEMPLATE
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>", "<think>", "</think>",
                   *SHINE_SPECIAL_TOKENS)
-CONTEXT_TEMPLATE = "{context}\n\n{question}"  # the in-context user turn it is trained on
-NUM_ENTITIES = 1000
-DATA_SEED = 0
 EXTRA_WORDS = (
     "system user assistant question answer context document the a an of and in on at to is was "
     "who what when where which how many much does did do has have be are with for from by it "
@@ -134,16 +133,12 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
 # ------------------------------------------------------------------------------------------ data
 def canonical_splits():
     """The dataset whose TEST split gates the backbone (and that the SHINE benchmark uses)."""
-    return synthetic_facts(NUM_ENTITIES, seed=DATA_SEED, one_token_names=True, entities_per_document=(1, 1))
+    return synthetic_facts(**FACTS_DATA)
 
 
 def fresh_training_documents(train_entities: set[str], seed: int) -> list[dict]:
     """New random facts for the training entities only (test/validation entities never appear)."""
-    splits = synthetic_facts(NUM_ENTITIES, seed=seed, one_token_names=True, entities_per_document=(1, 1))
-    docs = []
-    for split in splits.values():
-        docs += [row for row in split if set(row["entities"]) <= train_entities]
-    return docs
+    return synthetic_facts_about(train_entities, [seed], **FACTS_DATA).to_list()
 
 
 class SampleEncoder:
@@ -161,7 +156,7 @@ class SampleEncoder:
         labels: list[int] = []
         rendered = ""
         for turn, (question, answer) in enumerate(zip(questions, answers, strict=True)):
-            user = CONTEXT_TEMPLATE.format(context=context, question=question) if turn == 0 else question
+            user = FACTS_CONTEXT_TEMPLATE.format(context=context, question=question) if turn == 0 else question
             if turn == 0:
                 prompt = question_prompt(self.tokenizer, user, system_prompt)
             else:
@@ -241,14 +236,12 @@ def respread_embeddings(model, tokenizer, seed: int) -> None:
 
 def in_context_f1(model, tokenizer, records, limit: int | None = None) -> dict[str, float]:
     """F1 / EM of the in-context prompt, plus F1 per question type (``by_type``)."""
-    from shine_hf.evaluation import evaluate_backbone, f1_score
+    from shine_hf.evaluation import evaluate_backbone, f1_by_question_type
 
     scores = evaluate_backbone(model, tokenizer, records, system_prompt=DEFAULT_SYSTEM_PROMPT, limit=limit,
-                               context_template=CONTEXT_TEMPLATE, return_predictions=True)
-    by_type: dict[str, list[float]] = {}
-    for question, answer, prediction in scores.pop("predictions"):
-        by_type.setdefault(fact_attribute(question) or "other", []).append(f1_score(prediction, answer))
-    scores["by_type"] = {kind: round(sum(v) / len(v), 3) for kind, v in sorted(by_type.items())}
+                               context_template=FACTS_CONTEXT_TEMPLATE, return_predictions=True)
+    by_type = f1_by_question_type(scores.pop("predictions"), fact_attribute)
+    scores["by_type"] = {kind: round(f1, 3) for kind, f1 in by_type.items()}
     return scores
 
 

@@ -35,7 +35,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from datasets import Dataset, DatasetDict, Features, List, Value
+from datasets import Dataset, DatasetDict, Features, List, Value, concatenate_datasets
 
 from .modeling.prompting import EMPTY_THINK_BLOCK, question_prompt, render_chat
 
@@ -67,6 +67,7 @@ __all__ = [
     "shuffle_qa_pairs",
     "split_qa_records",
     "synthetic_facts",
+    "synthetic_facts_about",
     "tokenize_context",
     "tokenize_conversation",
     "tokenize_records",
@@ -441,7 +442,7 @@ def tokenize_records(
 
 
 def shuffle_qa_pairs(records: Dataset, seed: int = 0) -> Dataset:
-    """Each record's QA pairs in a random order (record i uses ``random.Random((seed, i))``).
+    """Each record's QA pairs in a random order (record i uses ``random.Random(f"{seed}/{i}")``).
 
     Multi-turn training samples ask a record's questions in its stored order. When that order is
     fixed (every synthetic-facts document lists birth date, city, ..., employees), the generated
@@ -1036,6 +1037,21 @@ def synthetic_facts(
             position += count
         splits[split] = Dataset.from_list(documents)
     return DatasetDict(splits)
+
+
+def synthetic_facts_about(entities: Iterable[str], seeds: Iterable[int], **facts_kwargs: Any) -> Dataset:
+    """Fresh random facts about known entities: the documents of ``synthetic_facts(**facts_kwargs,
+    seed=s)`` for every seed ``s`` (all splits, in order) that describe only ``entities``.
+
+    More training documents about the training entities, without ever touching held-out ones."""
+    entities = set(entities)
+    parts = []
+    for seed in seeds:
+        for split in synthetic_facts(**{**facts_kwargs, "seed": seed}).values():
+            parts.append(split.filter(lambda described: set(described) <= entities, input_columns="entities"))
+    if not parts:
+        raise ValueError("synthetic_facts_about needs at least one seed.")
+    return concatenate_datasets(parts)
 
 
 def fact_attribute(question: str) -> str | None:

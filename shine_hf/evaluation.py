@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 import string
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -32,11 +32,13 @@ __all__ = [
     "evaluate_backbone",
     "evaluate_qa",
     "exact_match",
+    "f1_by_question_type",
     "f1_score",
     "generate_answers",
     "normalize_answer",
     "qa_pairs",
     "score_answers",
+    "with_other_contexts",
 ]
 
 MODES = ("shine", "in_context", "question_only")
@@ -91,6 +93,28 @@ def score_answers(predictions: Sequence[str], references: Sequence[str | Sequenc
     f1 = sum(f1_score(p, r) for p, r in zip(predictions, references)) / n
     em = sum(exact_match(p, r) for p, r in zip(predictions, references)) / n
     return {"f1": f1, "em": em, "n": n}
+
+
+def f1_by_question_type(
+    predictions: Iterable[tuple[str, Any, str]], question_type: Callable[[str], str | None]
+) -> dict[str, float]:
+    """Mean F1 per question type of ``(question, reference, prediction)`` rows (what
+    ``evaluate_qa(..., return_predictions=True)`` returns), sorted by type; questions whose type
+    is None count as ``"other"``. E.g. ``question_type=shine_hf.data.fact_attribute``."""
+    scores: dict[str, list[float]] = {}
+    for question, reference, prediction in predictions:
+        scores.setdefault(question_type(question) or "other", []).append(f1_score(prediction, reference))
+    return {kind: sum(values) / len(values) for kind, values in sorted(scores.items())}
+
+
+def with_other_contexts(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The same records, each with the NEXT record's context (the last takes the first's): a
+    control for SHINE, whose answers must then stop matching (they come from the adapter)."""
+    rows = [dict(record) for record in records]
+    if len(rows) < 2:
+        raise ValueError("with_other_contexts needs at least two records.")
+    contexts = [row["context"] for row in rows]
+    return [{**row, "context": contexts[(i + 1) % len(rows)]} for i, row in enumerate(rows)]
 
 
 def qa_pairs(records: Iterable[Mapping[str, Any]], limit: int | None = None) -> list[tuple[str, str, str]]:

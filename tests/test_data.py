@@ -621,6 +621,20 @@ def test_fact_attribute_names_what_each_question_asks(one_token_names):
     assert D.fact_attribute("  Where does Ana Lopez live? ") == "city"
 
 
+def test_synthetic_facts_about_keeps_only_the_given_entities():
+    # one-token names come from one fixed list, so the same entities recur under other seeds
+    kwargs = {"num_entities": 1000, "one_token_names": True, "entities_per_document": (1, 2)}
+    canonical = D.synthetic_facts(seed=0, **kwargs)
+    train = {e for row in canonical["train"] for e in row["entities"]}
+    fresh = D.synthetic_facts_about(train, [1, 2], **kwargs)
+    assert len(fresh) > 100 and all(set(row["entities"]) <= train for row in fresh)
+    expected = [row for seed in (1, 2) for split in D.synthetic_facts(seed=seed, **kwargs).values()
+                for row in split if set(row["entities"]) <= train]
+    assert fresh.to_list() == expected  # every seed, every split, in order
+    with pytest.raises(ValueError, match="seed"):
+        D.synthetic_facts_about(train, [], **kwargs)
+
+
 def test_one_token_names_are_one_word_level_token():
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 

@@ -11,10 +11,12 @@ from shine_hf.evaluation import (
     evaluate_backbone,
     evaluate_qa,
     exact_match,
+    f1_by_question_type,
     f1_score,
     normalize_answer,
     qa_pairs,
     score_answers,
+    with_other_contexts,
 )
 
 
@@ -63,6 +65,19 @@ def test_score_answers_and_qa_pairs():
     ]
     assert qa_pairs(records) == [("c1", "q1", "a1"), ("c1", "q2", "a2"), ("c2", "q3", "a3")]
     assert qa_pairs(records, limit=1) == [("c1", "q1", "a1"), ("c1", "q2", "a2")]
+
+
+def test_f1_by_question_type_and_other_contexts():
+    rows = [("Where does A live?", "Tarsk", "Tarsk"), ("Where does B live?", "Velmar", "Tarsk"),
+            ("How tall is A?", "180 cm", "170 cm"), ("Who?", "x", "x")]
+    kind = {"Where": "city", "How": "height"}.get
+    assert f1_by_question_type(rows, lambda q: kind(q.split()[0])) == {"city": 0.5, "height": 0.5, "other": 1.0}
+    records = [{"context": f"c{i}", "questions": [f"q{i}"], "answers": [f"a{i}"]} for i in range(3)]
+    swapped = with_other_contexts(records)
+    assert [r["context"] for r in swapped] == ["c1", "c2", "c0"]
+    assert [r["questions"] for r in swapped] == [["q0"], ["q1"], ["q2"]] and records[0]["context"] == "c0"
+    with pytest.raises(ValueError, match="two"):
+        with_other_contexts(records[:1])
 
 
 def test_evaluate_qa_all_modes_on_a_tiny_model():
@@ -172,9 +187,7 @@ def test_shipped_hypernetwork_answers_from_the_generated_lora(monkeypatch):
     model = ShineForCausalLM.from_pretrained(FACTS_SHINE).eval()  # backbone ../facts-llama, resolved locally
     held_out = synthetic_facts(**FACTS_DATA)["test"].select(range(10))
     own = evaluate_qa(model, held_out, ("shine",), max_new_tokens=8)["shine"]
-    contexts = held_out["context"]
-    swapped = held_out.map(lambda _, i: {"context": contexts[(i + 1) % len(contexts)]}, with_indices=True)
-    other = evaluate_qa(model, swapped, ("shine",), max_new_tokens=8)["shine"]
+    other = evaluate_qa(model, with_other_contexts(held_out), ("shine",), max_new_tokens=8)["shine"]
     assert own["n"] == other["n"] == 60
     assert own["f1"] >= 0.9, own
     assert other["f1"] <= 0.3, other
