@@ -1,6 +1,6 @@
 """Training on transformers.Trainer: only the hypernetwork learns, checkpoints are shine-hf
 checkpoints, resuming continues the same run, activation checkpointing changes nothing, and the
-`python -m shine_hf.train` command trains end to end."""
+`python -m shine_hf.cli train` command trains end to end."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from safetensors import safe_open
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from shine_hf import ShineForCausalLM
+from shine_hf.cli import app
 from shine_hf.data import COMP_TOKEN, RECON_TOKEN, build_qa_dataset
 from shine_hf.testing import build_chat_tokenizer, tiny_backbone
 from shine_hf.testing.models import randomize_hypernetwork, tiny_shine
@@ -25,7 +26,6 @@ from shine_hf.train import (
     ShineTrainer,
     TrainingError,
     build_training_arguments,
-    main,
     train,
 )
 
@@ -230,7 +230,7 @@ def test_pretrain_then_instruction_tune_from_the_command_line(tmp_path):
     qa = tmp_path / "qa.jsonl"
     qa.write_text("\n".join(json.dumps(r) for r in _records(4)))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "shine_hf.train", "--data", str(qa), "--stage", "ift",
+    command = [sys.executable, "-m", "shine_hf.cli", "train", "--data", str(qa), "--stage", "ift",
                "--output-dir", str(tmp_path / "ift"), "--from", str(tmp_path / "pretrain"), "--max-steps", "2",
                "--shuffle-qa", "--batch-size", "2", "--gradient-accumulation-steps", "1", "--logging-steps", "1"]
     run = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
@@ -266,7 +266,7 @@ def test_backbone_tokenizer_comes_from_the_backbone_revision(tmp_path, hub):
 
 def test_command_line_errors_are_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["--data", str(tmp_path / "missing.jsonl"), "--output-dir", str(tmp_path / "out"),
+        app(["train", "--data", str(tmp_path / "missing.jsonl"), "--output-dir", str(tmp_path / "out"),
               "--backbone", str(_save_backbone(tmp_path / "backbone"))])
     assert exit_info.value.code == 1
     err = capsys.readouterr().err.strip()
