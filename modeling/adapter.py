@@ -19,10 +19,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .checkpoint import push_in_one_commit, render_card
 from .errors import CheckpointError, IncompatibleAdapterError
 from .io_utils import atomic_directory
 from .lora import TARGET_MODULE_CANDIDATES, LoraWeights, TargetModule
+from .model_card import render_card
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
@@ -350,8 +350,18 @@ class ShineAdapter:
         """Create `repo_id` if needed and upload the PEFT adapter (with model card) in one commit.
 
         Returns the commit URL."""
-        return push_in_one_commit(self, repo_id, private=private, token=token, revision=revision,
-                                  commit_message=commit_message)
+        import tempfile
+
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+        repo = api.create_repo(repo_id, private=private, exist_ok=True)
+        self.card_info = {**(getattr(self, "card_info", None) or {}), "repo_id": repo.repo_id}
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp)
+            commit = api.upload_folder(repo_id=repo.repo_id, folder_path=tmp, commit_message=commit_message,
+                                       revision=revision)
+        return commit.commit_url
 
     def __repr__(self) -> str:
         return (

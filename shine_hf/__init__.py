@@ -12,9 +12,11 @@ from .adapter import ShineAdapter
 from .modeling import (
     BackboneMismatchError,
     CheckpointError,
+    ConfigError,
     ContextTooLongError,
     EmptyContextError,
     IncompatibleAdapterError,
+    InvalidInputError,
     ReferenceFormatError,
     ShineConfig,
     ShineError,
@@ -33,9 +35,11 @@ AutoModelForCausalLM.register(ShineConfig, ShineForCausalLM, exist_ok=True)
 __all__ = [
     "BackboneMismatchError",
     "CheckpointError",
+    "ConfigError",
     "ContextTooLongError",
     "EmptyContextError",
     "IncompatibleAdapterError",
+    "InvalidInputError",
     "ReferenceFormatError",
     "ShineAdapter",
     "ShineConfig",
