@@ -21,8 +21,11 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.utils import logging
 
 from .adapter import ShineAdapter
+from .chunking import check_chunking, split_ids, split_text
+from .composition import compose_groups, composition_weights, stack_loras
 from .configuration_shine import ShineConfig
 from .errors import BackboneMismatchError, IncompatibleAdapterError, InvalidInputError
 from .hypernetwork import ShineHypernetwork
@@ -131,6 +134,11 @@ class ShineForCausalLM(ShinePreTrainedModel, TextGenerationMixin, GenerationMixi
         input_ids: Any = None,
         token_type_ids: Any = None,
         requires_grad: bool = False,
+        chunk_tokens: int | None = None,
+        overlap_tokens: int = 0,
+        compose: str | None = "concat",
+        chunk_batch_size: int = 8,
+        show_progress: bool | None = None,
     ) -> ShineAdapter:
         """Read context(s) once and return their generated LoRA(s), one adapter per context.
 
@@ -145,6 +153,17 @@ class ShineForCausalLM(ShinePreTrainedModel, TextGenerationMixin, GenerationMixi
             token_type_ids: Ignored (decoder-only backbones do not use them); accepted so a
                 tokenizer's output can be unpacked into this call.
             requires_grad: Keep the autograd graph (training). Default: no_grad.
+            chunk_tokens: Read long documents in chunks of at most this many tokens (cut at sentence
+                ends where possible, see `chunking.py`); each chunk gets its LoRA and the chunks of a
+                document are composed into one adapter. Default: no chunking (a context longer than
+                the backbone allows is an error).
+            overlap_tokens: Tokens shared by consecutive chunks.
+            compose: How a document's chunk adapters become one: "concat" (ranks stacked: the exact
+                sum of the chunk deltas), "mean" (their average), or None to return the chunk
+                adapters themselves (one document only). See `ShineAdapter.compose`.
+            chunk_batch_size: Chunks read per forward pass; memory is bounded by this, since only the
+                small LoRA of each chunk is kept.
+            show_progress: A progress bar over chunks (default: when there is more than one batch).
 
         Raises:
             InvalidInputError: a context of the wrong type, float or out-of-vocabulary ids, a mask
@@ -158,6 +177,9 @@ class ShineForCausalLM(ShinePreTrainedModel, TextGenerationMixin, GenerationMixi
             context = input_ids
         elif context is None:
             raise InvalidInputError("No context given: pass a string, a list of strings or token ids.")
+        if chunk_tokens is not None:
+            return self._internalize_in_chunks(context, attention_mask, chunk_tokens, overlap_tokens, compose,
+                                               chunk_batch_size, show_progress, requires_grad)
         input_ids, attention_mask = context_tensors(
             context,
             attention_mask,
@@ -168,6 +190,47 @@ class ShineForCausalLM(ShinePreTrainedModel, TextGenerationMixin, GenerationMixi
         )
         with torch.set_grad_enabled(requires_grad):
             lora = self.hypernetwork(self.lora_injector, input_ids, attention_mask)
+        return ShineAdapter(lora, self.targets, self.layers_path, self.config.backbone_name_or_path,
+                            self.config.backbone_revision)
+
+    def _internalize_in_chunks(self, context: Any, attention_mask: Any, chunk_tokens: int, overlap_tokens: int,
+                               compose: str | None, chunk_batch_size: int, show_progress: bool | None,
+                               requires_grad: bool) -> ShineAdapter:
+        """Split every document into chunks, read them `chunk_batch_size` at a time and compose each
+        document's chunk LoRAs (see `internalize`)."""
+        check_chunking(chunk_tokens, overlap_tokens, self.max_context_tokens)
+        if compose is not None:
+            composition_weights(compose, 1)  # an unknown method fails before any work
+        if isinstance(chunk_batch_size, bool) or not isinstance(chunk_batch_size, int) or chunk_batch_size < 1:
+            raise InvalidInputError(f"chunk_batch_size must be a positive integer, got {chunk_batch_size!r}.")
+        documents = [context] if isinstance(context, str) else context
+        if isinstance(documents, (list, tuple)) and documents and all(isinstance(d, str) for d in documents):
+            if attention_mask is not None:
+                raise InvalidInputError("attention_mask applies to token ids, not to string contexts.")
+            tokenizer = self._require_tokenizer()
+            context_tensors(list(documents), tokenizer=tokenizer)  # empty documents fail here, before any work
+            per_document = [split_text(doc, tokenizer, chunk_tokens, overlap_tokens) for doc in documents]
+        else:
+            ids, mask = context_tensors(context, attention_mask, tokenizer=self.tokenizer,
+                                        vocab_size=self.backbone.get_input_embeddings().num_embeddings)
+            rows = [row[keep.bool()].tolist() for row, keep in zip(ids, mask)]
+            per_document = [split_ids(row, chunk_tokens, overlap_tokens, self.tokenizer) for row in rows]
+        if compose is None and len(per_document) > 1:
+            raise InvalidInputError("compose=None returns one document's chunk adapters: pass one document.")
+        chunks = [chunk for doc_chunks in per_document for chunk in doc_chunks]
+        steps = range(0, len(chunks), chunk_batch_size)
+        show = len(steps) > 1 if show_progress is None else show_progress
+        loras = []
+        for start in logging.tqdm(steps, desc="Internalizing chunks", unit="batch", disable=not show):
+            batch = chunks[start : start + chunk_batch_size]
+            loras.append(self.internalize(batch, requires_grad=requires_grad).lora)
+        lora = stack_loras(loras)
+        if compose is not None:
+            groups, first = [], 0
+            for doc_chunks in per_document:
+                groups.append(list(range(first, first + len(doc_chunks))))
+                first += len(doc_chunks)
+            lora = compose_groups(lora, groups, compose)
         return ShineAdapter(lora, self.targets, self.layers_path, self.config.backbone_name_or_path,
                             self.config.backbone_revision)
 
@@ -214,12 +277,17 @@ class ShineForCausalLM(ShinePreTrainedModel, TextGenerationMixin, GenerationMixi
         adapter: ShineAdapter | None = None,
         context_input_ids: torch.LongTensor | None = None,
         context_attention_mask: torch.Tensor | None = None,
+        context_sample_index: torch.LongTensor | None = None,
+        context_compose: str = "concat",
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
         """Backbone forward through a LoRA.
 
         - with `context_input_ids`: the LoRA is generated from the context on the fly (training:
-          gradients flow into the hypernetwork, never into the backbone);
+          gradients flow into the hypernetwork, never into the backbone). With
+          `context_sample_index` (C,), the C context rows are chunks: those with index j are composed
+          (`context_compose`: "concat" or "mean", see `ShineAdapter.compose`) into the adapter of
+          input row j, inside the graph, so a hypernetwork can be trained to write adapters that add up;
         - with `adapter`: that adapter is applied (one adapter, or one per row);
         - with neither: the plain backbone.
 
@@ -232,6 +300,11 @@ class ShineForCausalLM(ShinePreTrainedModel, TextGenerationMixin, GenerationMixi
                 context_attention_mask = torch.ones_like(context_input_ids)
             adapter = self.internalize(context_input_ids, context_attention_mask,
                                        requires_grad=torch.is_grad_enabled())
+            if context_sample_index is not None:
+                groups = _groups(context_sample_index, _batch_size(input_ids, kwargs))
+                adapter = ShineAdapter(compose_groups(adapter.lora, groups, context_compose), self.targets,
+                                       self.layers_path, self.config.backbone_name_or_path,
+                                       self.config.backbone_revision)
         with self.lora_injector.activate(self._lora_for(adapter, _batch_size(input_ids, kwargs))):
             return self.backbone(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
 
@@ -299,6 +372,20 @@ class ShineForCausalLM(ShinePreTrainedModel, TextGenerationMixin, GenerationMixi
 
 ShineConfig.register_for_auto_class()
 ShineForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+
+
+def _groups(sample_index: torch.Tensor, batch_size: int | None) -> list[list[int]]:
+    """Context rows per input row: row j composes the context rows whose sample index is j."""
+    index = sample_index.tolist()
+    count = batch_size if batch_size is not None else max(index) + 1
+    groups = [[row for row, sample in enumerate(index) if sample == j] for j in range(count)]
+    empty = [j for j, rows in enumerate(groups) if not rows]
+    if empty or any(not 0 <= sample < count for sample in index):
+        raise InvalidInputError(
+            f"context_sample_index must give every one of the {count} input rows at least one context row "
+            f"(rows without a context: {empty})."
+        )
+    return groups
 
 
 def _batch_size(input_ids: Any, kwargs: dict[str, Any]) -> int | None:
