@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from .lora import LoraDict, LoraInjector, LoraWeights, TargetModule
+from .lora import LoraDict, LoraInjector, LoraWeights, TargetModule, folded_weights
 
 if TYPE_CHECKING:
     from .configuration_shine import ShineConfig
@@ -174,13 +174,15 @@ class ShineHypernetwork(nn.Module):
             config.m2p_ffn_dim,
         )
 
-    def forward(self, backbone: LoraInjector, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> LoraDict:
+    def forward(self, backbone: LoraInjector, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                fold_meta_lora: bool = False) -> LoraDict:
         """Contexts (B, N) with their mask (1 = token, either padding side) -> LoRA with batch axis B."""
-        memory_states = self.encode_context(backbone, input_ids, attention_mask)
+        memory_states = self.encode_context(backbone, input_ids, attention_mask, fold_meta_lora)
         return self.memory_states_to_lora(memory_states)
 
     def encode_context(
-        self, backbone: LoraInjector, input_ids: torch.Tensor, attention_mask: torch.Tensor
+        self, backbone: LoraInjector, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+        fold_meta_lora: bool = False,
     ) -> torch.Tensor:
         """Step 1: read the contexts with the meta-LoRA active -> memory states (B, L, M, H).
 
@@ -188,6 +190,10 @@ class ShineHypernetwork(nn.Module):
         the row's last real token whatever the padding side, positions are per row (right for RoPE
         and for absolute positions), and the decoder-layer outputs (after the MLP residual, before
         the final norm) are read at the memory positions. The backbone runs without its LM head.
+
+        The meta-LoRA is applied as low-rank matmuls beside each target projection, or, with
+        `fold_meta_lora` (reading without gradients), folded into cached copies of the projections'
+        weights (`folded_meta_lora`): the same result to float32 rounding, without the extra matmuls.
         """
         model = backbone.backbone
         embeddings = model.get_input_embeddings()
@@ -220,7 +226,10 @@ class ShineHypernetwork(nn.Module):
 
         handles = [layer.register_forward_hook(capture(i)) for i, layer in enumerate(backbone.layers)]
         try:
-            with backbone.activate(self.meta_lora.lora_dict()):
+            meta_lora = backbone.folded(self.folded_meta_lora(backbone)) if fold_meta_lora else (
+                backbone.activate(self.meta_lora.lora_dict())
+            )
+            with meta_lora:
                 model.base_model(
                     inputs_embeds=inputs_embeds,
                     attention_mask=full_mask,
@@ -232,6 +241,28 @@ class ShineHypernetwork(nn.Module):
                 handle.remove()
         states = torch.stack(captured, dim=1)  # (B, L, M, H)
         return states.to(self.memory_tokens.dtype)
+
+    def folded_meta_lora(
+        self, backbone: LoraInjector
+    ) -> dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor | None]]:
+        """Every target projection's weight and bias with the meta-LoRA added in, cached until the
+        meta-LoRA or a backbone weight changes (in-place updates bump a tensor's version counter) or
+        moves (its storage changes)."""
+        tensors = [t for _, _, module in backbone.modules() for t in (module.weight, module.bias) if t is not None]
+        tensors += list(self.meta_lora.parameters())
+        key = tuple((t._version, t.data_ptr(), t.dtype) for t in tensors)
+        cached = self.__dict__.get("_folded_meta_lora")
+        if cached is None or cached[0] != key:
+            self.__dict__.pop("_folded_meta_lora", None)  # free the old copies before building new ones
+            lora = self.meta_lora.lora_dict()
+            with torch.no_grad():
+                folded = {
+                    (layer, target.name): folded_weights(module, lora[layer][target.name], target.fan_in_fan_out)
+                    for layer, target, module in backbone.modules()
+                }
+            cached = (key, folded)
+            self.__dict__["_folded_meta_lora"] = cached
+        return cached[1]
 
     def memory_states_to_lora(self, memory_states: torch.Tensor) -> dict[int, dict[str, LoraWeights]]:
         """Steps 2-4: memory states (B, L, M, H) -> M2P -> flat (B, L, M*H) -> A, B, C per module."""

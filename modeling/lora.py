@@ -13,6 +13,7 @@ of it and rows [i*k, (i+1)*k) use adapter i (how `generate` expands rows for bea
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -206,6 +207,66 @@ def lora_delta(x: torch.Tensor, weights: LoraWeights) -> torch.Tensor:
     return delta.reshape(*x.shape[:-1], B.shape[-1])
 
 
+def folded_weights(
+    module: nn.Module, weights: LoraWeights, fan_in_fan_out: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`module`'s weight and bias with one LoRA added in: W + ΔW in the weight's own layout ((out, in),
+    or (in, out) for GPT-2 Conv1D) and b + C, computed in float32 and stored in the weight's dtype."""
+    A, B, C = weights
+    delta = A[0].float() @ B[0].float()  # (in, out)
+    weight = module.weight
+    folded = (weight.float() + (delta if fan_in_fan_out else delta.T).to(weight.device)).to(weight.dtype)
+    bias = module.bias
+    if C is not None:
+        bias = (bias.float() + C[0].float().to(bias.device)).to(bias.dtype)
+    return folded, bias
+
+
+def _folded_forward(weight: torch.Tensor, bias: torch.Tensor | None, fan_in_fan_out: bool):
+    if not fan_in_fan_out:
+        return lambda x: torch.nn.functional.linear(x, weight, bias)
+
+    def conv1d(x: torch.Tensor) -> torch.Tensor:  # GPT-2 Conv1D: x @ W + b with W (in, out)
+        flat = x.reshape(-1, x.shape[-1])
+        out = torch.addmm(bias, flat, weight) if bias is not None else flat @ weight
+        return out.reshape(*x.shape[:-1], weight.shape[-1])
+
+    return conv1d
+
+
+def can_fold(module: nn.Module) -> bool:
+    """Whether a target module's weight is a plain float tensor that a folded copy can stand in for (not
+    quantized, offloaded or on the meta device)."""
+    weight = getattr(module, "weight", None)
+    return (
+        isinstance(weight, torch.Tensor)
+        and type(weight) in (torch.Tensor, nn.Parameter)
+        and weight.dtype.is_floating_point
+        and weight.device.type != "meta"
+        and not hasattr(module, "_hf_hook")  # accelerate offloading replaces the weight at call time
+    )
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes still free on `device`: CUDA's free memory, the system's available memory for the CPU, 0
+    where it cannot be known."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo", encoding="ascii") as meminfo:
+                for line in meminfo:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        try:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return 0
+    return 0
+
+
 class LoraInjector:
     """Owns forward hooks on a backbone's target modules and applies whichever LoRA is active.
 
@@ -250,6 +311,27 @@ class LoraInjector:
             yield
         finally:
             self._active = previous
+
+    def modules(self) -> Iterator[tuple[int, TargetModule, nn.Module]]:
+        """(layer index, target, module) for every target module of every decoder layer."""
+        for layer_index, layer in enumerate(self.layers):
+            for target in self.targets:
+                yield layer_index, target, layer.get_submodule(target.name)
+
+    @contextlib.contextmanager
+    def folded(self, weights: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor | None]]) -> Iterator[None]:
+        """Run each target module with a folded weight and bias ((layer, name) -> (W', b')) instead of its
+        own, inside the block. The module's parameters are not touched; its hooks still run."""
+        replaced = []
+        try:
+            for layer_index, target, module in self.modules():
+                weight, bias = weights[(layer_index, target.name)]
+                module.forward = _folded_forward(weight, bias, target.fan_in_fan_out)
+                replaced.append(module)
+            yield
+        finally:
+            for module in replaced:
+                del module.forward
 
     def remove(self) -> None:
         for handle in self._handles:

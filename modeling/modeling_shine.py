@@ -30,7 +30,7 @@ from .configuration_shine import ShineConfig
 from .errors import BackboneMismatchError, IncompatibleAdapterError, InvalidInputError
 from .hypernetwork import ShineHypernetwork
 from .inputs import context_tensors
-from .lora import LoraDict, LoraInjector, TargetModule, discover_target_modules
+from .lora import LoraDict, LoraInjector, TargetModule, available_memory, can_fold, discover_target_modules
 from .pretrained import ShinePreTrainedModel, try_load_tokenizer
 from .prompting import TextGenerationMixin
 
@@ -71,6 +71,10 @@ class ShineForCausalLM(ShinePreTrainedModel, TextGenerationMixin, GenerationMixi
         self.backbone = backbone
         self.lora_injector = LoraInjector(backbone, layers_path, targets)
         self.tokenizer = None
+        # Reading without gradients: fold the meta-LoRA into cached copies of the target weights (True),
+        # apply it as low-rank matmuls (False), or fold when the copies take at most half of the memory
+        # still free on the backbone's device ("auto"). Same results to float32 rounding.
+        self.meta_lora_folding: bool | str = "auto"
         self.generation_config = getattr(backbone, "generation_config", self.generation_config)
 
     @classmethod
@@ -189,7 +193,8 @@ class ShineForCausalLM(ShinePreTrainedModel, TextGenerationMixin, GenerationMixi
             num_memory_tokens=self.config.num_memory_tokens,
         )
         with torch.set_grad_enabled(requires_grad):
-            lora = self.hypernetwork(self.lora_injector, input_ids, attention_mask)
+            lora = self.hypernetwork(self.lora_injector, input_ids, attention_mask,
+                                     fold_meta_lora=self._fold_meta_lora(requires_grad))
         return ShineAdapter(lora, self.targets, self.layers_path, self.config.backbone_name_or_path,
                             self.config.backbone_revision)
 
@@ -233,6 +238,21 @@ class ShineForCausalLM(ShinePreTrainedModel, TextGenerationMixin, GenerationMixi
             lora = compose_groups(lora, groups, compose)
         return ShineAdapter(lora, self.targets, self.layers_path, self.config.backbone_name_or_path,
                             self.config.backbone_revision)
+
+    def _fold_meta_lora(self, requires_grad: bool) -> bool:
+        """Whether the reading pass uses folded copies of the target weights (see `meta_lora_folding`)."""
+        mode = self.meta_lora_folding
+        if mode not in ("auto", True, False):
+            raise InvalidInputError(f"meta_lora_folding must be 'auto', True or False, not {mode!r}.")
+        if mode is False or requires_grad or self.hypernetwork.training:
+            return False
+        modules = [module for _, _, module in self.lora_injector.modules()]
+        if not all(can_fold(module) for module in modules):
+            return False  # quantized or offloaded projections: only the low-rank path applies
+        if mode is True or "_folded_meta_lora" in self.hypernetwork.__dict__:
+            return True
+        copy_bytes = sum(m.weight.numel() * m.weight.element_size() for m in modules)
+        return copy_bytes <= 0.5 * available_memory(modules[0].weight.device)
 
     def _require_tokenizer(self):
         if self.tokenizer is None:

@@ -168,3 +168,45 @@ def test_questions_and_adapters_of_different_counts_are_refused_unless_mapped(mo
     ids = model.tokenizer(questions, padding=True, return_tensors="pt")["input_ids"]
     with pytest.raises(IncompatibleAdapterError, match="adapter batch of 2"):
         model(ids, adapter=adapters)
+
+
+@pytest.mark.parametrize("family", ["qwen2", "gpt2", "phi3"])  # biases, Conv1D, fused projections
+def test_folded_meta_lora_reads_like_the_low_rank_path(family):
+    model = tiny_shine(family)
+    model.meta_lora_folding = False
+    unfolded = model.internalize(CONTEXTS)
+    model.meta_lora_folding = True
+    folded = model.internalize(CONTEXTS)
+    assert "_folded_meta_lora" in model.hypernetwork.__dict__
+    _assert_adapters_close(folded, unfolded)
+
+
+def test_folded_copies_follow_changes_of_the_meta_lora_and_of_the_backbone():
+    model = tiny_shine("qwen3")
+    model.meta_lora_folding = True
+    before = model.internalize(CONTEXTS[0])
+    merged = model.internalize(CONTEXTS[1])
+    merged.merge_into(model.backbone)  # in place: the cached copies are stale now
+    try:
+        model.meta_lora_folding = False
+        expected = model.internalize(CONTEXTS[0])
+        model.meta_lora_folding = True
+        _assert_adapters_close(model.internalize(CONTEXTS[0]), expected)
+    finally:
+        merged.unmerge_from(model.backbone)
+    with torch.no_grad():
+        model.hypernetwork.meta_lora.layers[0]["self_attn__q_proj"].B.add_(0.1)
+    model.meta_lora_folding = False
+    expected = model.internalize(CONTEXTS[0])
+    model.meta_lora_folding = True
+    _assert_adapters_close(model.internalize(CONTEXTS[0]), expected)
+    assert not torch.allclose(expected.lora[0]["self_attn.q_proj"].A, before.lora[0]["self_attn.q_proj"].A)
+
+
+def test_training_reads_through_the_low_rank_path():
+    model = tiny_shine("qwen3")
+    model.meta_lora_folding = True
+    assert model._fold_meta_lora(requires_grad=False)
+    assert not model._fold_meta_lora(requires_grad=True)
+    model.train()
+    assert not model._fold_meta_lora(requires_grad=False)
