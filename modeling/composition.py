@@ -130,9 +130,17 @@ def compose_groups(lora: LoraDict, groups: Sequence[Sequence[int]], method: str)
 
 
 def _select(lora: LoraDict, row: int) -> dict[int, dict[str, LoraWeights]]:
+    return select_rows(lora, [row])
+
+
+def select_rows(lora: LoraDict, rows: Sequence[int]) -> dict[int, dict[str, LoraWeights]]:
+    """The batch rows `rows` of `lora`, in that order."""
+    index = torch.as_tensor(list(rows), dtype=torch.long)
     return {
         layer: {
-            name: LoraWeights(w.A[row : row + 1], w.B[row : row + 1], None if w.C is None else w.C[row : row + 1])
+            name: LoraWeights(
+                w.A[index.to(w.A.device)], w.B[index.to(w.B.device)], None if w.C is None else w.C[index.to(w.C.device)]
+            )
             for name, w in modules.items()
         }
         for layer, modules in lora.items()

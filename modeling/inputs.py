@@ -214,3 +214,24 @@ def _describe(value: Any) -> str:
         kinds = sorted({type(v).__name__ for v in value})
         return f"a {type(value).__name__} of {', '.join(kinds)}"
     return f"a {type(value).__name__} ({value!r:.40})"
+
+
+def default_batch_tokens(device: torch.device) -> int:
+    """Tokens per reading pass of `internalize` when the model does not set `internalize_batch_tokens`:
+    small on CPUs, where a longer pass no longer fits the caches and reads fewer tokens per second
+    (benchmarks/RESULTS.md), large on accelerators, where batching is where throughput comes from."""
+    return 4096 if device.type == "cpu" else 65536
+
+
+def length_buckets(lengths: Sequence[int], budget: int, overhead: int = 0) -> list[list[int]]:
+    """Row indices grouped into batches of similar length: longest first, each batch holding at most
+    `budget` tokens counted as rows x (longest length + `overhead`); a row longer than the budget is a
+    batch of its own."""
+    order = sorted(range(len(lengths)), key=lambda row: -lengths[row])
+    buckets: list[list[int]] = []
+    for row in order:
+        if buckets and (len(buckets[-1]) + 1) * (lengths[buckets[-1][0]] + overhead) <= budget:
+            buckets[-1].append(row)
+        else:
+            buckets.append([row])
+    return buckets

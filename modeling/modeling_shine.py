@@ -25,11 +25,11 @@ from transformers.utils import logging
 
 from .adapter import ShineAdapter
 from .chunking import check_chunking, split_ids, split_text
-from .composition import compose_groups, composition_weights, stack_loras
+from .composition import compose_groups, composition_weights, select_rows, stack_loras
 from .configuration_shine import ShineConfig
 from .errors import BackboneMismatchError, IncompatibleAdapterError, InvalidInputError
-from .hypernetwork import ShineHypernetwork
-from .inputs import context_tensors
+from .hypernetwork import ShineHypernetwork, right_align
+from .inputs import context_tensors, default_batch_tokens, length_buckets
 from .lora import LoraDict, LoraInjector, TargetModule, available_memory, can_fold, discover_target_modules
 from .pretrained import ShinePreTrainedModel, try_load_tokenizer
 from .prompting import TextGenerationMixin
@@ -75,6 +75,9 @@ class ShineForCausalLM(ShinePreTrainedModel, TextGenerationMixin, GenerationMixi
         # apply it as low-rank matmuls (False), or fold when the copies take at most half of the memory
         # still free on the backbone's device ("auto"). Same results to float32 rounding.
         self.meta_lora_folding: bool | str = "auto"
+        # Most tokens (context + memory tokens, padding included) that one reading pass of internalize
+        # takes; longer batches are read in length-sorted buckets. None: `default_batch_tokens(device)`.
+        self.internalize_batch_tokens: int | None = None
         self.generation_config = getattr(backbone, "generation_config", self.generation_config)
 
     @classmethod
@@ -193,10 +196,28 @@ class ShineForCausalLM(ShinePreTrainedModel, TextGenerationMixin, GenerationMixi
             num_memory_tokens=self.config.num_memory_tokens,
         )
         with torch.set_grad_enabled(requires_grad):
-            lora = self.hypernetwork(self.lora_injector, input_ids, attention_mask,
-                                     fold_meta_lora=self._fold_meta_lora(requires_grad))
+            lora = self._read(input_ids, attention_mask, requires_grad)
         return ShineAdapter(lora, self.targets, self.layers_path, self.config.backbone_name_or_path,
                             self.config.backbone_revision)
+
+    def _read(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, requires_grad: bool) -> LoraDict:
+        """The hypernetwork over contexts bucketed by length, at most `internalize_batch_tokens` tokens
+        (context + memory, padding included) per forward pass; rows come back in their order."""
+        fold = self._fold_meta_lora(requires_grad)
+        device = self.backbone.get_input_embeddings().weight.device
+        budget = self.internalize_batch_tokens or default_batch_tokens(device)
+        lengths = attention_mask.sum(dim=1).tolist()
+        buckets = length_buckets(lengths, budget, self.config.num_memory_tokens)
+        loras = []
+        for rows in buckets:
+            index = torch.tensor(rows, device=input_ids.device)
+            ids, mask = right_align(input_ids[index], attention_mask[index])
+            width = int(mask.sum(dim=1).max())
+            loras.append(self.hypernetwork(self.lora_injector, ids[:, :width], mask[:, :width], fold_meta_lora=fold))
+        order = [row for rows in buckets for row in rows]
+        if len(loras) == 1 and order == sorted(order):
+            return loras[0]
+        return select_rows(stack_loras(loras), torch.tensor(order).argsort().tolist())
 
     def _internalize_in_chunks(self, context: Any, attention_mask: Any, chunk_tokens: int, overlap_tokens: int,
                                compose: str | None, chunk_batch_size: int, show_progress: bool | None,

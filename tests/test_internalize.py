@@ -210,3 +210,23 @@ def test_training_reads_through_the_low_rank_path():
     assert not model._fold_meta_lora(requires_grad=True)
     model.train()
     assert not model._fold_meta_lora(requires_grad=False)
+
+
+def test_reading_in_length_buckets_gives_the_same_adapters(model):
+    contexts = [CONTEXTS[2], CONTEXTS[1], CONTEXTS[0], CONTEXTS[1] + " " + CONTEXTS[0]]
+    whole = model.internalize(contexts)
+    model.internalize_batch_tokens = 1  # every context read on its own, in length order
+    try:
+        bucketed = model.internalize(contexts)
+    finally:
+        model.internalize_batch_tokens = None
+    _assert_adapters_close(bucketed, whole)
+
+
+def test_length_buckets_group_similar_lengths_within_the_budget():
+    from shine_hf.modeling.inputs import length_buckets
+
+    assert length_buckets([10, 50, 12, 48], budget=200, overhead=50) == [[1, 3], [2, 0]]
+    assert length_buckets([10, 50, 12, 48], budget=199, overhead=50) == [[1], [3], [2, 0]]
+    assert length_buckets([10, 50, 12, 48], budget=10_000) == [[1, 3, 2, 0]]
+    assert length_buckets([500], budget=1) == [[0]]
