@@ -28,6 +28,7 @@ CODE_FILES = (
     "hypernetwork.py",
     "lora.py",
     "adapter.py",
+    "peft_io.py",
     "errors.py",
     "prompting.py",
     "io_utils.py",

@@ -34,3 +34,7 @@ class CheckpointError(ShineError, OSError):
 
 class ReferenceFormatError(ShineError, ValueError):
     """A shine-hf model cannot be written in the reference code's checkpoint layout."""
+
+
+class LocalPathError(ShineError, ValueError):
+    """A file meant for the Hub would name a path of this machine (e.g. an adapter's base model)."""
