@@ -1,8 +1,8 @@
 """`ShineAdapter`: a batch of generated LoRAs, speaking PEFT's file format.
 
 Lives in `modeling/` (torch + transformers only at import time) because `internalize` returns it
-and the modeling code is shipped as Hub remote code; PEFT and huggingface_hub are imported only by
-the methods that export, load or push.
+and the modeling code is shipped as Hub remote code; PEFT (through `peft_io.import_peft`) and
+huggingface_hub are imported only by the methods that export, load or push.
 
 Reading PEFT adapters (`from_pretrained`) is `peft_io.py`: what each LoraConfig field becomes, and
 what is refused.
@@ -42,6 +42,7 @@ from .peft_io import (
     ADAPTER_WEIGHTS_NAME,
     PEFT_PREFIX,
     check_hub_kwargs,
+    import_peft,
     is_local_path,
     lora_from_peft,
     read_peft_config,
@@ -347,17 +348,13 @@ class ShineAdapter:
     def peft_config(self):
         """The `peft.LoraConfig` equivalent to this adapter (scaling alpha/r = 1 for every module;
         modules whose rank differs from `rank` are listed in `rank_pattern` and `alpha_pattern`)."""
-        try:
-            from peft import LoraConfig
-        except ImportError as error:  # pragma: no cover - peft is a dependency of shine-hf
-            raise ImportError("Exporting a SHINE adapter to PEFT needs `pip install peft`.") from error
         rank = self.rank
         # PEFT matches pattern keys as regular expressions against the module's full name
         pattern = {
             re.escape(f"{self.layers_path}.{layer}.{name}"): module_rank
             for (layer, name), module_rank in self.module_ranks.items() if module_rank != rank
         }
-        return LoraConfig(
+        return import_peft().LoraConfig(
             r=rank,
             lora_alpha=rank,
             rank_pattern=pattern,

@@ -22,7 +22,9 @@ per-module (A, B, C); and whether a base model's name is a Hub id or a path of t
   tensors, `lora_B.bias` without `lora_bias`). A module adapted in some layers only (excluded
   elsewhere) is refused with IncompatibleAdapterError.
 
-Imports only torch and safetensors at import time (this file ships as Hub remote code).
+Ships as Hub remote code: imports only torch and safetensors at import time, and peft only through
+`import_peft()` (inside `try`, which transformers' remote-code import check skips, so the model code
+loads where peft is not installed).
 """
 
 from __future__ import annotations
@@ -79,6 +81,18 @@ _WHY_UNSUPPORTED = {
 }
 
 
+def import_peft() -> Any:
+    """The `peft` package, with the submodules used here loaded; ImportError saying how to get it."""
+    try:
+        import peft
+        import peft.tuners.tuners_utils
+        import peft.utils.constants
+        import peft.utils.other
+    except ImportError as error:
+        raise ImportError("Reading or writing PEFT adapters needs PEFT: `pip install peft`.") from error
+    return peft
+
+
 def is_local_path(name: str) -> bool:
     """Whether a base model's `name` points into this machine's file system rather than at a Hub
     repo: an existing directory, or anything huggingface_hub does not accept as a repo id."""
@@ -115,15 +129,14 @@ def read_peft_config(path_or_repo_id: str | os.PathLike, revision: str | None, h
     """`peft.PeftConfig.from_pretrained` with typed errors naming the file."""
     import json
 
-    from peft import LoraConfig, PeftConfig
-
+    peft = import_peft()
     where = _file_label(path_or_repo_id, ADAPTER_CONFIG_NAME, hub_kwargs.get("subfolder"))
     if not os.path.isdir(path_or_repo_id) and is_local_path(os.fspath(path_or_repo_id)):
         raise CheckpointError(f"{os.fspath(path_or_repo_id)!r} is neither a directory nor a Hub repo id.")
     if os.path.isdir(path_or_repo_id) and not os.path.isfile(where):
         raise CheckpointError(f"{where} is missing: not a saved PEFT adapter directory.")
     try:
-        config = PeftConfig.from_pretrained(os.fspath(path_or_repo_id), revision=revision, **hub_kwargs)
+        config = peft.PeftConfig.from_pretrained(os.fspath(path_or_repo_id), revision=revision, **hub_kwargs)
     except json.JSONDecodeError as error:
         raise CheckpointError(f"{where} is not valid JSON: {error}") from error
     except (KeyError, TypeError) as error:  # no or an unknown peft_type, fields of the wrong kind
@@ -134,7 +147,7 @@ def read_peft_config(path_or_repo_id: str | os.PathLike, revision: str | None, h
         raise CheckpointError(f"{where} is not a valid PEFT config: {error}") from error
     except OSError as error:
         raise CheckpointError(f"Can't read {where}: {error}") from error
-    if not isinstance(config, LoraConfig):
+    if not isinstance(config, peft.LoraConfig):
         raise IncompatibleAdapterError(
             f"{where} has peft_type={getattr(config.peft_type, 'value', config.peft_type)!r}: a ShineAdapter "
             f"can only hold a LoRA (peft_type='LORA')."
@@ -145,8 +158,7 @@ def read_peft_config(path_or_repo_id: str | os.PathLike, revision: str | None, h
 def read_peft_weights(path_or_repo_id: str | os.PathLike, revision: str | None,
                        device: str | torch.device | None, hub_kwargs: dict[str, Any]) -> dict[str, torch.Tensor]:
     """`peft.utils.load_peft_weights` with typed errors naming the file."""
-    from peft.utils import load_peft_weights
-
+    peft = import_peft()
     subfolder = hub_kwargs.get("subfolder")
     where = _file_label(path_or_repo_id, ADAPTER_WEIGHTS_NAME, subfolder)
     if os.path.isdir(path_or_repo_id):
@@ -156,7 +168,7 @@ def read_peft_weights(path_or_repo_id: str | os.PathLike, revision: str | None,
                 raise CheckpointError(f"{where} is missing: not a saved PEFT adapter directory.")
             where = pickled
     try:
-        return load_peft_weights(os.fspath(path_or_repo_id), device=str(device or "cpu"), revision=revision,
+        return peft.utils.load_peft_weights(os.fspath(path_or_repo_id), device=str(device or "cpu"), revision=revision,
                                  **hub_kwargs)
     except SafetensorError as error:
         raise CheckpointError(f"{where} is not a readable safetensors file ({error}); it may be truncated "
@@ -221,9 +233,7 @@ def _refuse_unsupported_fields(config: Any) -> None:
     """IncompatibleAdapterError naming every LoraConfig field set to something a ShineAdapter cannot honour."""
     import dataclasses
 
-    from peft import LoraConfig
-
-    defaults = LoraConfig()
+    defaults = import_peft().LoraConfig()
     problems = []
     for field in dataclasses.fields(config):
         name, value = field.name, getattr(config, field.name)
@@ -248,9 +258,9 @@ def _group_peft_tensors(
 ) -> dict[tuple[str, int, str], dict[str, torch.Tensor]]:
     """(layers path, layer, module name) -> {"A", "B", "C"}: tensors as stored, after checking that
     each belongs to a module the config targets and that every `target_modules` entry has tensors."""
-    from peft.tuners.tuners_utils import check_target_module_exists
-    from peft.utils.constants import INCLUDE_LINEAR_LAYERS_SHORTHAND
-
+    peft = import_peft()
+    check_target_module_exists = peft.tuners.tuners_utils.check_target_module_exists
+    all_linear = peft.utils.constants.INCLUDE_LINEAR_LAYERS_SHORTHAND
     grouped: dict[tuple[str, int, str], dict[str, torch.Tensor]] = {}
     modules: set[str] = set()
     for key, tensor in state.items():
@@ -261,7 +271,7 @@ def _group_peft_tensors(
                 f"(and lora_B.bias) of modules inside the decoder layers only."
             )
         module = match["module"]
-        if config.target_modules != INCLUDE_LINEAR_LAYERS_SHORTHAND and not check_target_module_exists(config, module):
+        if config.target_modules != all_linear and not check_target_module_exists(config, module):
             raise CheckpointError(
                 f"The adapter holds tensors for {module}, which target_modules={_shown(config.target_modules)} "
                 f"(exclude_modules={_shown(config.exclude_modules)}) does not select: PEFT would ignore them."
@@ -288,8 +298,7 @@ def _shown(value: Any) -> Any:
 
 def _checked_module_tensors(config: Any, module: str, parts: dict[str, torch.Tensor]):
     """A (r, in), B (out, r), C (out) of one module, checked against each other and the config's rank."""
-    from peft.utils.other import get_pattern_key
-
+    get_pattern_key = import_peft().utils.other.get_pattern_key
     if "A" not in parts or "B" not in parts:
         raise CheckpointError(f"{module}: lora_A or lora_B is missing.")
     A, B, C = parts["A"], parts["B"], parts.get("C")
@@ -318,8 +327,7 @@ def _checked_module_tensors(config: Any, module: str, parts: dict[str, torch.Ten
 
 def _peft_scaling(config: Any, module: str, rank: int) -> float:
     """The factor PEFT multiplies a module's LoRA output with: alpha/r, or alpha/sqrt(r) with rsLoRA."""
-    from peft.utils.other import get_pattern_key
-
+    get_pattern_key = import_peft().utils.other.get_pattern_key
     alpha = config.alpha_pattern.get(get_pattern_key(config.alpha_pattern.keys(), module), config.lora_alpha)
     return alpha / math.sqrt(rank) if config.use_rslora else alpha / rank
 

@@ -239,13 +239,14 @@ def test_save_over_an_older_adapter_leaves_exactly_the_new_one(tmp_path):
     assert torch.equal(_logits(model, reloaded), _logits(model, new))
 
 
-def test_save_arguments():
+def test_save_arguments(tmp_path):
     model = tiny_shine("llama")
     adapter = model.internalize(CONTEXT)
     with pytest.raises(TypeError, match="max_shard_size"):
-        adapter.save_pretrained("unused", max_shard_size="1GB")
+        adapter.save_pretrained(tmp_path / "adapter", max_shard_size="1GB")
     with pytest.raises(ValueError, match="safe_serialization=False"):
-        adapter.save_pretrained("unused", safe_serialization=False)
+        adapter.save_pretrained(tmp_path / "adapter", safe_serialization=False)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_save_on_other_processes_writes_nothing(tmp_path):

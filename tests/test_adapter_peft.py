@@ -25,7 +25,8 @@ GPT2_MODULES = ["c_attn", "attn.c_proj", "c_fc", "mlp.c_proj"]
 TOLERANCE = 1e-5
 QUESTION = "Who signed the contract?"
 
-# Configs ShineAdapter honours: (family, LoraConfig arguments).
+# Configs ShineAdapter honours: (family, LoraConfig arguments), plus edits made to the saved JSON.
+EDITED = {"fan_in_fan_out_on_linear": {"fan_in_fan_out": True}}
 ACCEPTED = {
     "alpha_not_r": ("llama", dict(r=4, lora_alpha=8, target_modules=LLAMA_MODULES)),
     "rslora": ("llama", dict(r=4, lora_alpha=6, use_rslora=True, target_modules=LLAMA_MODULES)),
@@ -41,8 +42,9 @@ ACCEPTED = {
     "exclude_modules": ("llama", dict(r=4, lora_alpha=4, target_modules=r".*_proj",
                                       exclude_modules=["gate_proj", "up_proj"])),
     "regex_target_modules": ("llama", dict(r=4, lora_alpha=2, target_modules=r".*\.(q_proj|up_proj)")),
-    "fan_in_fan_out_on_linear": ("llama", dict(r=4, lora_alpha=8, fan_in_fan_out=True,
-                                               target_modules=LLAMA_MODULES)),
+    # PEFT lets the module kind decide (it resets the flag for nn.Linear when it builds the adapter,
+    # and again when it loads one that says otherwise, below)
+    "fan_in_fan_out_on_linear": ("llama", dict(r=4, lora_alpha=8, target_modules=LLAMA_MODULES)),
     "neutral_init_and_dropout": ("llama", dict(r=4, lora_alpha=8, init_lora_weights="gaussian",
                                                lora_dropout=0.1, target_modules=LLAMA_MODULES)),
     "lora_bias_scaled": ("qwen2", dict(r=4, lora_alpha=12, lora_bias=True, target_modules=LLAMA_MODULES)),
@@ -94,6 +96,7 @@ def peft_logits(family: str, directory, ids) -> torch.Tensor:
 def test_accepted_config_computes_what_peft_computes(case, shine_models, tmp_path):
     family, kwargs = ACCEPTED[case]
     save_peft_adapter(tmp_path, family, LoraConfig(**kwargs))
+    edit_config(tmp_path, **EDITED.get(case, {}))
     shine = shine_models[family]
     ids = _ids(shine)
     expected = peft_logits(family, tmp_path, ids)
@@ -283,3 +286,18 @@ def test_unknown_loading_arguments_are_refused(tmp_path):
     save_peft_adapter(tmp_path, "llama", LoraConfig(r=4, target_modules=["q_proj"]))
     with pytest.raises(TypeError, match="is_trainable"):
         ShineAdapter.from_pretrained(tmp_path, is_trainable=True)
+
+
+def test_shipped_adapter_code_loads_without_peft():
+    """transformers checks every import of remote code (outside `try`) before loading it."""
+    import sys
+    from pathlib import Path
+
+    from transformers.dynamic_module_utils import get_imports
+
+    import shine_hf.modeling
+
+    folder = Path(shine_hf.modeling.__file__).parent
+    for name in ("adapter.py", "peft_io.py"):
+        packages = {m for m in get_imports(folder / name) if m not in sys.stdlib_module_names}
+        assert packages <= {"torch", "transformers", "safetensors", "huggingface_hub"}, name
