@@ -32,10 +32,10 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from .checkpoint import render_card
-from .errors import IncompatibleAdapterError, LocalPathError, UnsupportedBackboneError
+from .errors import ConfigError, IncompatibleAdapterError, UnsupportedBackboneError
 from .io_utils import atomic_directory
 from .lora import LoraWeights, TargetModule, discover_target_modules
+from .model_card import render_card
 from .peft_io import (
     ADAPTER_CONFIG_NAME,
     ADAPTER_PICKLE_WEIGHTS_NAME,
@@ -43,11 +43,11 @@ from .peft_io import (
     PEFT_PREFIX,
     check_hub_kwargs,
     import_peft,
-    is_local_path,
     lora_from_peft,
     read_peft_config,
     read_peft_weights,
 )
+from .pretrained import is_local_reference
 
 ADAPTER_CARD_NAME = "README.md"
 # What an adapter save writes or replaces; other files in the directory are left alone.
@@ -466,7 +466,7 @@ class ShineAdapter:
         self,
         repo_id: str,
         *,
-        base_model: str | None = None,
+        base_model_name_or_path: str | None = None,
         commit_message: str = "Upload SHINE adapter",
         commit_description: str | None = None,
         private: bool | None = None,
@@ -476,15 +476,15 @@ class ShineAdapter:
     ) -> str:
         """Create `repo_id` if needed and upload the PEFT adapter and its card in one commit.
 
-        The pushed `adapter_config.json` and card name `base_model` if given, else
-        `base_model_name_or_path`. That must be a Hub id: when the adapter names a local directory
-        (a backbone loaded from disk), the push is refused before anything is uploaded; pass
-        `base_model="org/name"` (this push only) or set `adapter.base_model_name_or_path`.
-        `base_model_revision` is pushed as it is.
+        The pushed `adapter_config.json` and card name the base model: `base_model_name_or_path`
+        if given (it then becomes the adapter's own), else the adapter's. That must be a Hub id: when
+        it is a local path (a backbone loaded from disk), the push is refused before anything is
+        created or uploaded. `base_model_revision` is pushed as it is.
 
         Args:
             repo_id: The repo to push to (`name` or `namespace/name`).
-            base_model: The backbone's Hub id to name in the pushed files.
+            base_model_name_or_path: The backbone's Hub id, required when the adapter names a local
+                path.
             commit_message, commit_description: Of the commit.
             private: Visibility of a newly created repo.
             token: Hub token (default: the logged-in one).
@@ -495,28 +495,26 @@ class ShineAdapter:
             The commit's URL (a `huggingface_hub.CommitInfo`, which also holds the PR URL).
 
         Raises:
-            LocalPathError: the base model would be a path of this machine.
+            ConfigError: the base model would be a path of this machine.
             IncompatibleAdapterError: the adapter is a batch (push `adapter[i]`).
         """
         from huggingface_hub import HfApi
 
         self._require_single("push_to_hub")
-        name = self.base_model_name_or_path if base_model is None else base_model
-        if name is not None and is_local_path(name):
-            given = "base_model" if base_model is not None else "base_model_name_or_path"
-            raise LocalPathError(
-                f"The adapter's base model {name!r} ({given}) is a path on this machine; a pushed adapter "
-                f"must name the backbone's Hub id. Pass push_to_hub(..., base_model='org/name') or set "
-                f"adapter.base_model_name_or_path = 'org/name'."
+        name = self.base_model_name_or_path if base_model_name_or_path is None else base_model_name_or_path
+        if name is not None and is_local_reference(name):
+            raise ConfigError(
+                f"The adapter's base model is the local path {name!r}, which means nothing on the Hub: pass "
+                f"push_to_hub(..., base_model_name_or_path='org/name') with the backbone's Hub id."
             )
-        published = self._with(self.lora, base_model_name_or_path=name)
+        self.base_model_name_or_path = name
         api = HfApi(token=token)
         repo = api.create_repo(repo_id, private=private, exist_ok=True)
         if revision is not None and not revision.startswith("refs/pr"):
             api.create_branch(repo.repo_id, branch=revision, exist_ok=True)
-        published.card_info = {"repo_id": repo.repo_id}
+        self.card_info = {**(getattr(self, "card_info", None) or {}), "repo_id": repo.repo_id}
         with tempfile.TemporaryDirectory() as tmp:
-            published.save_pretrained(tmp)
+            self.save_pretrained(tmp)
             return api.upload_folder(
                 repo_id=repo.repo_id, folder_path=tmp, commit_message=commit_message,
                 commit_description=commit_description, revision=revision, create_pr=create_pr,

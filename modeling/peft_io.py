@@ -1,5 +1,5 @@
 """PEFT LoRA adapter files: read with PEFT's own machinery, checked field by field, turned into
-per-module (A, B, C); and whether a base model's name is a Hub id or a path of this machine.
+per-module (A, B, C).
 
 `read_peft_config` / `read_peft_weights` wrap `peft.PeftConfig.from_pretrained` and
 `peft.utils.load_peft_weights` (local directories and Hub repos; `adapter_model.safetensors`, else
@@ -40,6 +40,7 @@ from safetensors import SafetensorError
 
 from .errors import CheckpointError, IncompatibleAdapterError
 from .lora import TARGET_MODULE_CANDIDATES, LoraWeights, TargetModule
+from .pretrained import is_local_reference
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
@@ -93,21 +94,6 @@ def import_peft() -> Any:
     return peft
 
 
-def is_local_path(name: str) -> bool:
-    """Whether a base model's `name` points into this machine's file system rather than at a Hub
-    repo: an existing directory, or anything huggingface_hub does not accept as a repo id."""
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
-    if os.path.isdir(name):
-        return True
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        return True
-    return False
-
-
 def check_hub_kwargs(hub_kwargs: dict[str, Any]) -> None:
     """TypeError naming any keyword that `huggingface_hub.hf_hub_download` would not take."""
     import inspect
@@ -131,8 +117,8 @@ def read_peft_config(path_or_repo_id: str | os.PathLike, revision: str | None, h
 
     peft = import_peft()
     where = _file_label(path_or_repo_id, ADAPTER_CONFIG_NAME, hub_kwargs.get("subfolder"))
-    if not os.path.isdir(path_or_repo_id) and is_local_path(os.fspath(path_or_repo_id)):
-        raise CheckpointError(f"{os.fspath(path_or_repo_id)!r} is neither a directory nor a Hub repo id.")
+    if not os.path.isdir(path_or_repo_id) and is_local_reference(os.fspath(path_or_repo_id)):
+        raise CheckpointError(f"No such adapter directory: {os.fspath(path_or_repo_id)} (and it is not a Hub repo id).")
     if os.path.isdir(path_or_repo_id) and not os.path.isfile(where):
         raise CheckpointError(f"{where} is missing: not a saved PEFT adapter directory.")
     try:

@@ -12,8 +12,8 @@ from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
 
-from .modeling.checkpoint import CARD_RENDERERS
-from .modeling.peft_io import is_local_path
+from .modeling.model_card import CARD_RENDERERS
+from .modeling.pretrained import is_local_reference
 
 TAGS = ["shine", "lora", "hypernetwork", "context-internalization"]
 LICENSE = "apache-2.0"
@@ -82,7 +82,7 @@ def render_adapter_card(adapter: Any) -> str:
 
     The `base_model` metadata and link are set only for a Hub id, never for a local path."""
     backbone = adapter.base_model_name_or_path
-    hub_id = backbone if backbone and not is_local_path(backbone) else None
+    hub_id = backbone if backbone and not is_local_reference(backbone) else None
     shown = backbone or "<base model>"
     card_data = ModelCardData(
         library_name="peft",

@@ -10,7 +10,7 @@ import torch
 from huggingface_hub import HfApi, ModelCard, hf_hub_download
 from peft import AutoPeftModelForCausalLM, PeftConfig
 
-from shine_hf import CheckpointError, IncompatibleAdapterError, LocalPathError, ShineAdapter, ShineForCausalLM
+from shine_hf import CheckpointError, ConfigError, IncompatibleAdapterError, ShineAdapter, ShineForCausalLM
 from shine_hf.testing import build_chat_tokenizer, tiny_backbone
 from shine_hf.testing.models import randomize_hypernetwork, tiny_shine
 
@@ -44,22 +44,23 @@ def test_a_relative_backbone_path_is_saved_as_an_absolute_one(local_backbone_ada
 
 def test_push_refuses_a_local_base_model_before_creating_anything(local_backbone_adapter, hub):
     repo_id = hub.unique_repo_id("local-base")
-    with pytest.raises(LocalPathError, match=r"path on this machine.*base_model='org/name'"):
+    local_path = local_backbone_adapter.base_model_name_or_path
+    with pytest.raises(ConfigError, match=r"local path.*base_model_name_or_path='org/name'"):
         local_backbone_adapter.push_to_hub(repo_id)
+    with pytest.raises(ConfigError, match="local path"):
+        local_backbone_adapter.push_to_hub(repo_id, base_model_name_or_path="./backbone")
     assert not HfApi().repo_exists(repo_id)
-    with pytest.raises(LocalPathError, match="base_model"):
-        local_backbone_adapter.push_to_hub(repo_id, base_model=local_backbone_adapter.base_model_name_or_path)
-    assert not HfApi().repo_exists(repo_id)
+    assert local_backbone_adapter.base_model_name_or_path == local_path
 
 
 def test_push_names_the_hub_id_given(local_backbone_adapter, hub):
     local_path = local_backbone_adapter.base_model_name_or_path
     repo_id = hub.unique_repo_id("hub-base")
-    local_backbone_adapter.push_to_hub(repo_id, base_model="Qwen/Qwen3-8B")
+    local_backbone_adapter.push_to_hub(repo_id, base_model_name_or_path="Qwen/Qwen3-8B")
     assert PeftConfig.from_pretrained(repo_id).base_model_name_or_path == "Qwen/Qwen3-8B"
     assert ModelCard.load(repo_id).data.base_model == "Qwen/Qwen3-8B"
     assert local_path not in open(hf_hub_download(repo_id, "README.md")).read()
-    assert local_backbone_adapter.base_model_name_or_path == local_path  # the adapter itself is unchanged
+    assert local_backbone_adapter.base_model_name_or_path == "Qwen/Qwen3-8B"  # as for the model's push
 
 
 def test_push_is_one_commit_and_creates_a_missing_branch(hub):

@@ -278,7 +278,7 @@ def test_missing_invalid_and_truncated_files_name_the_file(tmp_path):
     with pytest.raises(CheckpointError, match=r"adapter_model\.safetensors is missing"):
         ShineAdapter.from_pretrained(tmp_path / "a")
 
-    with pytest.raises(CheckpointError, match="neither a directory nor a Hub repo id"):
+    with pytest.raises(CheckpointError, match="No such adapter directory"):
         ShineAdapter.from_pretrained(os.path.join(tmp_path, "does", "not", "exist"))
 
 

@@ -116,12 +116,12 @@ def test_missing_weights_are_refused(saved):
 
 def test_failed_save_leaves_no_directory(tmp_path, saved, monkeypatch):
     model, _, _ = saved
-    import shine_hf.modeling.checkpoint as checkpoint
+    import transformers.modeling_utils
 
     def explode(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(checkpoint, "write_weights", explode)
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", explode)  # the weights writer
     with pytest.raises(RuntimeError, match="disk full"):
         model.save_pretrained(tmp_path / "never")
     assert not (tmp_path / "never").exists()
