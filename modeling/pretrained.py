@@ -143,6 +143,11 @@ class ShinePreTrainedModel(PreTrainedModel):
         hub_kwargs = {k: v for k, v in kwargs.items() if k in HUB_KWARGS}
         backbone_kwargs = {k: v for k, v in kwargs.items() if k in BACKBONE_KWARGS}
         source = _checkpoint_source(pretrained_model_name_or_path, subfolder)
+        if config is None and Path(source).is_dir() and not (Path(source) / CONFIG_NAME).is_file():
+            raise CheckpointError(
+                f"{source} has no {CONFIG_NAME}: it is not a SHINE checkpoint, or a save into it was interrupted "
+                f"(save it again)."
+            )
         if config is None:
             try:
                 config = ShineConfig.from_pretrained(
