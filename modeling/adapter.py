@@ -1,32 +1,65 @@
 """`ShineAdapter`: a batch of generated LoRAs, speaking PEFT's file format.
 
 Lives in `modeling/` (torch + transformers only at import time) because `internalize` returns it
-and the modeling code is shipped as Hub remote code; PEFT and huggingface_hub are imported only by
-the methods that export, load or push.
+and the modeling code is shipped as Hub remote code; PEFT (through `peft_io.import_peft`) and
+huggingface_hub are imported only by the methods that export, load or push.
+
+Reading PEFT adapters (`from_pretrained`) is `peft_io.py`: what each LoraConfig field becomes, and
+what is refused.
+
+Base model. `base_model_name_or_path` is a Hub id, or an absolute path when the backbone was
+loaded from a local directory (relative paths are made absolute when the adapter is created, so a
+later save elsewhere still points at the same directory). `save_pretrained` writes it as it is;
+`push_to_hub` never uploads a path of this machine (see its docstring).
+
+Merged state. `merge_into` records what it merged in a list on the backbone object itself (the
+plain attribute named by `MERGED_ADAPTERS_ATTRIBUTE`, not a parameter or buffer, so `state_dict`,
+`save_pretrained` and PEFT never see it; `copy.deepcopy` copies it along with the weights). That is
+what lets `merge_into` / `unmerge_from` refuse a second merge or an unmerge of an adapter that is not
+merged, instead of corrupting the weights.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
+import tempfile
+from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
-from .errors import CheckpointError, IncompatibleAdapterError
+from .errors import ConfigError, IncompatibleAdapterError, UnsupportedBackboneError
 from .io_utils import atomic_directory
-from .lora import TARGET_MODULE_CANDIDATES, LoraWeights, TargetModule
+from .lora import LoraWeights, TargetModule, discover_target_modules
 from .model_card import render_card
+from .peft_io import (
+    ADAPTER_CONFIG_NAME,
+    ADAPTER_PICKLE_WEIGHTS_NAME,
+    ADAPTER_WEIGHTS_NAME,
+    PEFT_PREFIX,
+    check_hub_kwargs,
+    import_peft,
+    lora_from_peft,
+    read_peft_config,
+    read_peft_weights,
+)
+from .pretrained import is_local_reference
 
-ADAPTER_CONFIG_NAME = "adapter_config.json"
-ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
-PEFT_PREFIX = "base_model.model."
+ADAPTER_CARD_NAME = "README.md"
+# What an adapter save writes or replaces; other files in the directory are left alone.
+ADAPTER_FILES = frozenset({ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, ADAPTER_PICKLE_WEIGHTS_NAME, ADAPTER_CARD_NAME})
+MERGED_ADAPTERS_ATTRIBUTE = "_shine_merged_adapters"
+
+
+def _absolute_if_directory(name: str | os.PathLike | None) -> str | None:
+    if name is None:
+        return None
+    name = os.fspath(name)
+    return os.path.abspath(name) if os.path.isdir(name) else name
 
 
 class ShineAdapter:
@@ -34,13 +67,15 @@ class ShineAdapter:
 
     Every module's weights are `LoraWeights(A (b, in, r), B (b, r, out), C (b, out) | None)`;
     y = x W + (x A) B (+ C) with no extra alpha/r scaling. `len(adapter)` is the batch size b and
-    `adapter[i]` the i-th adapter.
+    `adapter[i]` the i-th adapter. The rank r may differ between modules (an adapter read from a
+    PEFT `rank_pattern`); generated adapters have one rank.
 
     Args:
         lora: layer index -> target module name -> weights.
         targets: The target modules, in the hypernetwork's reading order.
         layers_path: Path of the decoder-layer list in the backbone (e.g. `model.layers`).
-        base_model_name_or_path: The backbone's Hub id or path (written to the PEFT config).
+        base_model_name_or_path: The backbone's Hub id or local directory (written to the PEFT
+            config). A directory is stored as an absolute path.
         base_model_revision: The backbone's revision, if known.
     """
 
@@ -49,7 +84,7 @@ class ShineAdapter:
         lora: dict[int, dict[str, LoraWeights]],
         targets: Sequence[TargetModule],
         layers_path: str,
-        base_model_name_or_path: str | None = None,
+        base_model_name_or_path: str | os.PathLike | None = None,
         base_model_revision: str | None = None,
     ):
         self.lora = lora
@@ -57,9 +92,19 @@ class ShineAdapter:
         self.layers_path = layers_path
         self.base_model_name_or_path = base_model_name_or_path
         self.base_model_revision = base_model_revision
-        first = next(iter(lora[0].values()))
-        self.rank = first.A.shape[-1]
-        self._batch_size = first.A.shape[0]
+        self._batch_size = next(iter(lora[0].values())).A.shape[0]
+
+    @property
+    def base_model_name_or_path(self) -> str | None:
+        """The backbone's Hub id, or the absolute path of the local directory it was loaded from.
+
+        Setting a relative directory stores its absolute path (resolved against the current
+        directory), so the adapter keeps pointing at it wherever it is saved later."""
+        return self._base_model_name_or_path
+
+    @base_model_name_or_path.setter
+    def base_model_name_or_path(self, name: str | os.PathLike | None) -> None:
+        self._base_model_name_or_path = _absolute_if_directory(name)
 
     # ------------------------------------------------------------------ batch handling
     def __len__(self) -> int:
@@ -78,9 +123,10 @@ class ShineAdapter:
             for layer, modules in self.lora.items()
         }
 
-    def _with(self, lora: dict[int, dict[str, LoraWeights]]) -> ShineAdapter:
-        return ShineAdapter(lora, self.targets, self.layers_path, self.base_model_name_or_path,
-                            self.base_model_revision)
+    def _with(self, lora: dict[int, dict[str, LoraWeights]], **overrides: Any) -> ShineAdapter:
+        fields = {"base_model_name_or_path": self.base_model_name_or_path,
+                  "base_model_revision": self.base_model_revision, **overrides}
+        return ShineAdapter(lora, self.targets, self.layers_path, **fields)
 
     def __getitem__(self, index: int | slice) -> ShineAdapter:
         if isinstance(index, int):
@@ -162,19 +208,6 @@ class ShineAdapter:
             raise ValueError(f"rank must be a positive integer, got {rank!r}.")
         return self._with(truncate_rank(self.lora, rank))
 
-    def check_same_layout(self, other: ShineAdapter, ignore_rank: bool = False) -> None:
-        """Raise IncompatibleAdapterError unless `other` adapts the same modules of the same backbone
-        (and, unless `ignore_rank`, with the same rank)."""
-        rank = (lambda a: None) if ignore_rank else (lambda a: a.rank)
-        if (other.layers_path, other.targets, other.num_layers, rank(other)) != (
-            self.layers_path, self.targets, self.num_layers, rank(self)
-        ):
-            raise IncompatibleAdapterError(
-                "Adapters of different layouts cannot be combined: "
-                f"{self.num_layers} layers x {[t.name for t in self.targets]} rank {self.rank} vs "
-                f"{other.num_layers} layers x {[t.name for t in other.targets]} rank {other.rank}."
-            )
-
     def to(self, *args: Any, **kwargs: Any) -> ShineAdapter:
         """Move/cast every tensor, like `torch.Tensor.to`."""
         return self._with(self._map(lambda t: t.to(*args, **kwargs)))
@@ -190,9 +223,44 @@ class ShineAdapter:
     def dtype(self) -> torch.dtype:
         return next(iter(self.lora[0].values())).A.dtype
 
+    # ------------------------------------------------------------------ layout
+    @property
+    def module_ranks(self) -> dict[tuple[int, str], int]:
+        """(layer, module name) -> LoRA rank of that module."""
+        return {(layer, name): w.A.shape[-1] for layer, modules in self.lora.items() for name, w in modules.items()}
+
+    @property
+    def rank(self) -> int:
+        """The LoRA rank (PEFT's `r`): the rank most modules have; the others go to `rank_pattern`."""
+        return Counter(self.module_ranks.values()).most_common(1)[0][0]
+
+    def _layout(self, with_ranks: bool = True) -> tuple:
+        return (self.layers_path, self.targets, tuple(
+            (layer, name, w.A.shape[1], w.B.shape[2], w.A.shape[2] if with_ranks else None, w.C is None)
+            for layer, modules in self.lora.items() for name, w in modules.items()
+        ))
+
+    def check_same_layout(self, other: ShineAdapter, ignore_rank: bool = False) -> None:
+        """Raise IncompatibleAdapterError unless `other` has the same layers and modules (and, unless
+        `ignore_rank`, the same ranks)."""
+        if other._layout(not ignore_rank) != self._layout(not ignore_rank):
+            raise IncompatibleAdapterError(
+                "Adapters of different layouts cannot be combined: "
+                f"{self.num_layers} layers x {[t.name for t in self.targets]} rank {self.rank} vs "
+                f"{other.num_layers} layers x {[t.name for t in other.targets]} rank {other.rank}."
+            )
+
     def check_compatible(self, layers_path: str, targets: Sequence[TargetModule], num_layers: int) -> None:
-        """Raise IncompatibleAdapterError unless this adapter fits a backbone of that layout."""
+        """Raise IncompatibleAdapterError unless this adapter can be applied (as y = xW + (xA)B + C) to a
+        backbone of that layout. A bias delta needs no bias in the backbone for that; merging does."""
+        problems = self._layout_problems(layers_path, targets, num_layers)
+        if problems:
+            raise IncompatibleAdapterError("This adapter does not fit the backbone: " + "; ".join(problems) + ".")
+
+    def _layout_problems(self, layers_path: str, targets: Sequence[TargetModule], num_layers: int) -> list[str]:
         problems = []
+        if layers_path != self.layers_path:
+            problems.append(f"its decoder layers are `{self.layers_path}`, the backbone's `{layers_path}`")
         if num_layers != self.num_layers:
             problems.append(f"{self.num_layers} layers vs the backbone's {num_layers}")
         backbone_targets = {t.name: t for t in targets}
@@ -205,43 +273,114 @@ class ShineAdapter:
                     f"{t.name} is {t.in_features}->{t.out_features} in the adapter but "
                     f"{other.in_features}->{other.out_features} in the backbone"
                 )
-            elif t.has_bias and not other.has_bias:
-                problems.append(f"{t.name} carries a bias delta but has no bias in the backbone")
-        if problems:
-            raise IncompatibleAdapterError(
-                "This adapter does not fit the backbone: " + "; ".join(problems) + "."
-            )
+        return problems
 
     # ------------------------------------------------------------------ dense weights and merging
-    def delta_weight(self, layer: int, name: str) -> torch.Tensor:
-        """Dense ΔW of one module in the backbone weight's own layout (out, in), or (in, out) for
-        GPT-2 Conv1D. Needs a single adapter."""
+    def delta_weight(self, layer: int, name: str, fan_in_fan_out: bool | None = None) -> torch.Tensor:
+        """Dense ΔW of one module, (out, in) like `nn.Linear.weight`, or (in, out) like GPT-2's
+        `Conv1D.weight` when `fan_in_fan_out` (default: the layout recorded for that module).
+        Computed in float32 (or wider). Needs a single adapter."""
         self._require_single("delta_weight")
         w = self.lora[layer][name]
-        delta = w.A[0].float() @ w.B[0].float()  # (in, out)
-        target = next(t for t in self.targets if t.name == name)
-        return delta if target.fan_in_fan_out else delta.T
+        dtype = torch.promote_types(w.A.dtype, torch.float32)
+        delta = w.A[0].to(dtype) @ w.B[0].to(dtype)  # (in, out)
+        if fan_in_fan_out is None:
+            fan_in_fan_out = next(t for t in self.targets if t.name == name).fan_in_fan_out
+        return delta if fan_in_fan_out else delta.T
 
     def merge_into(self, backbone: nn.Module) -> None:
-        """Add this adapter into the backbone's weights (and biases) in place."""
-        self._merge(backbone, sign=1.0)
+        """Add this adapter into the backbone's weights (and biases) in place.
+
+        Everything is checked before the first weight changes: a single adapter, the decoder layers
+        (path and number), every module (present, `nn.Linear` or `Conv1D`, same shape, floating-point
+        weights that are not offloaded), a bias wherever the adapter has a bias delta. The weight
+        layout follows the backbone's module kind (`Conv1D` stores (in, out)), as PEFT does whatever
+        the adapter's `fan_in_fan_out` says. Unlike PEFT, an adapter exported with `lora_bias=True`
+        merges into modules without a bias when their bias delta is zero.
+
+        The backbone records the merge (see the module docstring); merging the same adapter into it
+        again raises IncompatibleAdapterError. Different adapters may be merged one after another.
+
+        Raises:
+            IncompatibleAdapterError: the adapter does not fit, is a batch, or is already merged.
+        """
+        targets = self._check_mergeable(backbone, "merge_into")
+        merged = _merged_adapters(backbone)
+        if any(self._same_weights(other) for other in merged):
+            raise IncompatibleAdapterError(
+                "This adapter is already merged into this backbone; merging it again would add it twice. "
+                "Call unmerge_from(backbone) first."
+            )
+        self._add_to(backbone, targets, sign=1.0)
+        merged.append(self.detach())
 
     def unmerge_from(self, backbone: nn.Module) -> None:
-        """Subtract this adapter from weights it was merged into."""
-        self._merge(backbone, sign=-1.0)
+        """Subtract this adapter from a backbone it was merged into (by `merge_into`).
 
-    def _merge(self, backbone: nn.Module, sign: float) -> None:
-        self._require_single("merge_into")
+        Raises:
+            IncompatibleAdapterError: the adapter is not merged into this backbone (never merged, or
+                already unmerged), does not fit it, or is a batch.
+        """
+        targets = self._check_mergeable(backbone, "unmerge_from")
+        merged = _merged_adapters(backbone)
+        position = next((i for i, other in enumerate(merged) if self._same_weights(other)), None)
+        if position is None:
+            raise IncompatibleAdapterError(
+                "This adapter is not merged into this backbone (never merged, or already unmerged); "
+                "subtracting it would corrupt the weights."
+            )
+        self._add_to(backbone, targets, sign=-1.0)
+        del merged[position]
+
+    def _check_mergeable(self, backbone: nn.Module, what: str) -> dict[str, TargetModule]:
+        """Every check `merge_into` needs, before any weight changes; the backbone's targets by name."""
+        self._require_single(what)
+        try:
+            layers_path, targets = discover_target_modules(backbone, [t.name for t in self.targets])
+        except UnsupportedBackboneError as error:
+            raise IncompatibleAdapterError(f"This adapter does not fit the backbone: {error}") from error
+        layers = backbone.get_submodule(layers_path)
+        problems = self._layout_problems(layers_path, targets, len(layers))
+        problems += [  # `targets` lists the adapter's own targets, in order
+            f"{mine.name} carries a non-zero bias delta but has no bias in the backbone"
+            for mine, theirs in zip(self.targets, targets) if mine.has_bias and not theirs.has_bias
+        ]
+        if problems:
+            raise IncompatibleAdapterError(f"Cannot {what}: this adapter does not fit the backbone: "
+                                           + "; ".join(problems) + ".")
+        for layer in layers:
+            for t in targets:
+                module = layer.get_submodule(t.name)
+                for parameter in (module.weight, module.bias if t.has_bias else None):
+                    if parameter is not None and (parameter.is_meta or not parameter.is_floating_point()):
+                        raise IncompatibleAdapterError(
+                            f"Cannot {what} {t.name}: its weights are {parameter.dtype} on {parameter.device} "
+                            f"(offloaded or quantized); merging needs materialised floating-point weights."
+                        )
+        return {t.name: t for t in targets}
+
+    def _add_to(self, backbone: nn.Module, targets: dict[str, TargetModule], sign: float) -> None:
         layers = backbone.get_submodule(self.layers_path)
         with torch.no_grad():
             for layer_index, modules in self.lora.items():
-                for t in self.targets:
-                    module = layers[layer_index].get_submodule(t.name)
-                    delta = self.delta_weight(layer_index, t.name)
-                    module.weight.add_((sign * delta).to(module.weight.dtype))
-                    C = modules[t.name].C
-                    if C is not None:
-                        module.bias.add_((sign * C[0].float()).to(module.bias.dtype))
+                for name, w in modules.items():
+                    module = layers[layer_index].get_submodule(name)
+                    delta = self.delta_weight(layer_index, name, fan_in_fan_out=targets[name].fan_in_fan_out)
+                    module.weight.add_((sign * delta).to(device=module.weight.device, dtype=module.weight.dtype))
+                    if w.C is not None:  # the checks made sure the module has a bias
+                        bias = sign * w.C[0].to(delta.dtype)
+                        module.bias.add_(bias.to(device=module.bias.device, dtype=module.bias.dtype))
+
+    def _same_weights(self, other: ShineAdapter) -> bool:
+        if self._layout() != other._layout():
+            return False
+        for layer, modules in self.lora.items():
+            for name, w in modules.items():
+                o = other.lora[layer][name]
+                for mine, theirs in ((w.A, o.A), (w.B, o.B), (w.C, o.C)):
+                    if mine is not None and not torch.equal(mine.to(theirs.device), theirs):
+                        return False
+        return True
 
     def _require_single(self, what: str) -> None:
         if len(self) != 1:
@@ -256,14 +395,19 @@ class ShineAdapter:
 
     @property
     def peft_config(self):
-        """The `peft.LoraConfig` equivalent to this adapter (scaling alpha/r = 1)."""
-        try:
-            from peft import LoraConfig
-        except ImportError as error:  # pragma: no cover - peft is a dependency of shine-hf
-            raise ImportError("Exporting a SHINE adapter to PEFT needs `pip install peft`.") from error
-        return LoraConfig(
-            r=self.rank,
-            lora_alpha=self.rank,
+        """The `peft.LoraConfig` equivalent to this adapter (scaling alpha/r = 1 for every module;
+        modules whose rank differs from `rank` are listed in `rank_pattern` and `alpha_pattern`)."""
+        rank = self.rank
+        # PEFT matches pattern keys as regular expressions against the module's full name
+        pattern = {
+            re.escape(f"{self.layers_path}.{layer}.{name}"): module_rank
+            for (layer, name), module_rank in self.module_ranks.items() if module_rank != rank
+        }
+        return import_peft().LoraConfig(
+            r=rank,
+            lora_alpha=rank,
+            rank_pattern=pattern,
+            alpha_pattern=dict(pattern),
             lora_dropout=0.0,
             target_modules=[t.name for t in self.targets],
             fan_in_fan_out=any(t.fan_in_fan_out for t in self.targets),
@@ -293,18 +437,41 @@ class ShineAdapter:
                     state[f"{prefix}.lora_B.bias"] = bias.contiguous()
         return {k: v.detach().cpu() for k, v in state.items()}
 
-    def save_pretrained(self, save_directory: str | os.PathLike, **_: Any) -> None:
-        """Write a standard PEFT LoRA adapter (`adapter_config.json` + `adapter_model.safetensors`).
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        *,
+        safe_serialization: bool = True,
+        is_main_process: bool = True,
+    ) -> None:
+        """Write a standard PEFT LoRA adapter: `adapter_config.json`, `adapter_model.safetensors` and
+        a `README.md` card. `peft.PeftModel.from_pretrained(backbone, save_directory)` loads it.
 
-        `peft.PeftModel.from_pretrained(backbone, save_directory)` loads it. The directory is
-        written to a temporary path first, so a failed save leaves nothing half-written.
+        The files are assembled in a temporary directory and then replace the adapter files of
+        `save_directory` (an older `adapter_model.bin` included), so a failed save leaves the old
+        adapter as it was and a finished one leaves exactly the new adapter. The config names the
+        base model as `base_model_name_or_path` holds it: a Hub id, or this machine's absolute path
+        of a local backbone (`push_to_hub` refuses to upload the latter).
+
+        Args:
+            save_directory: Where to write (created if needed).
+            safe_serialization: Only True (safetensors) is supported, as in PEFT's default.
+            is_main_process: False writes nothing (as in PEFT, for distributed runs).
         """
+        if safe_serialization is not True:
+            raise ValueError(
+                f"safe_serialization={safe_serialization!r}: ShineAdapter writes safetensors only "
+                "(pickled weights are unsafe to load)."
+            )
+        if not is_main_process:
+            return
         state = self.peft_state_dict()
         config = self.peft_config
-        with atomic_directory(save_directory) as staging:
+        card = render_card("adapter", self)
+        with atomic_directory(save_directory, owns=ADAPTER_FILES.__contains__, marker=ADAPTER_CONFIG_NAME) as staging:
             config.save_pretrained(str(staging))
             save_file(state, str(staging / ADAPTER_WEIGHTS_NAME), metadata={"format": "pt"})
-            (staging / "README.md").write_text(render_card("adapter", self), encoding="utf-8")
+            (staging / ADAPTER_CARD_NAME).write_text(card, encoding="utf-8")
 
     @classmethod
     def from_pretrained(
@@ -314,110 +481,105 @@ class ShineAdapter:
         device: str | torch.device | None = None,
         **hub_kwargs: Any,
     ) -> ShineAdapter:
-        """Read a PEFT LoRA adapter (local directory or Hub repo id) as a single ShineAdapter."""
-        directory = Path(path_or_repo_id)
-        if directory.is_dir():
-            config_path, weights_path = directory / ADAPTER_CONFIG_NAME, directory / ADAPTER_WEIGHTS_NAME
-        else:
-            from huggingface_hub import hf_hub_download
+        """Read a PEFT LoRA adapter (local directory or Hub repo id) as a single ShineAdapter.
 
-            repo_id = str(path_or_repo_id)
-            config_path = Path(hf_hub_download(repo_id, ADAPTER_CONFIG_NAME, revision=revision, **hub_kwargs))
-            weights_path = Path(hf_hub_download(repo_id, ADAPTER_WEIGHTS_NAME, revision=revision, **hub_kwargs))
-        for required in (config_path, weights_path):
-            if not required.is_file():
-                raise CheckpointError(f"{required} is missing: not a saved PEFT adapter directory.")
-        try:
-            config = json.loads(config_path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
-            raise CheckpointError(f"{config_path} is not valid JSON: {error}") from error
-        try:
-            state = load_file(str(weights_path), device=str(device) if device is not None else "cpu")
-        except (SafetensorError, OSError) as error:
-            raise CheckpointError(f"{weights_path} is not a readable safetensors file: {error}") from error
+        The files are read by PEFT (`PeftConfig.from_pretrained`, `load_peft_weights`:
+        `adapter_model.safetensors`, else `adapter_model.bin` with `torch.load(weights_only=True)`).
+        The result computes what `peft.PeftModel.from_pretrained(backbone, path_or_repo_id)` does;
+        configs that do not map exactly onto y = xW + (xA)B (+ C) are refused (see `peft_io.py`).
+
+        Args:
+            path_or_repo_id: A local directory or a Hub repo id.
+            revision: The Hub revision.
+            device: Where to load the tensors (default: CPU).
+            **hub_kwargs: Other `huggingface_hub.hf_hub_download` arguments (`subfolder`, `token`,
+                `cache_dir`, `local_files_only`, ...).
+
+        Raises:
+            CheckpointError: a file is missing, unreadable, corrupt or disagrees with the config.
+            IncompatibleAdapterError: a valid PEFT adapter that a ShineAdapter cannot represent.
+        """
+        check_hub_kwargs(hub_kwargs)
+        config = read_peft_config(path_or_repo_id, revision, hub_kwargs)
+        state = read_peft_weights(path_or_repo_id, revision, device, hub_kwargs)
         return cls._from_peft(config, state)
 
     @classmethod
-    def _from_peft(cls, config: dict[str, Any], state: dict[str, torch.Tensor]) -> ShineAdapter:
-        if config.get("peft_type", "LORA") != "LORA":
-            raise CheckpointError(f"Not a LoRA adapter: peft_type={config.get('peft_type')!r}.")
-        rank, alpha = config["r"], config.get("lora_alpha", config["r"])
-        # The first numeric path component is the decoder-layer index; what follows it is the
-        # module's path relative to the layer (e.g. "self_attn.q_proj").
-        pattern = re.compile(
-            rf"^{re.escape(PEFT_PREFIX)}(?P<path>.+?)\.(?P<layer>\d+)\.(?P<name>.+)"
-            rf"\.lora_(?P<part>A|B)\.(?P<kind>weight|bias)$"
-        )
-        found: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
-        layers_paths = set()
-        for key, tensor in state.items():
-            match = pattern.match(key)
-            if match is None:
-                raise CheckpointError(f"Unexpected tensor {key!r} in a LoRA adapter.")
-            layers_paths.add(match["path"])
-            part = "C" if match["kind"] == "bias" else match["part"]
-            found.setdefault((int(match["layer"]), match["name"]), {})[part] = tensor
-        if len(layers_paths) != 1:
-            raise CheckpointError(f"Adapter tensors do not share one decoder-layer path: {layers_paths}.")
-        num_layers = max(layer for layer, _ in found) + 1
-        scaling = alpha / rank
-        # PEFT's lora_bias applies to every targeted module; a module whose bias is zero in every
-        # layer had none (exported as exact zeros), one with any non-zero layer keeps all of them.
-        biased = {name for (_, name), parts in found.items() if "C" in parts and torch.any(parts["C"])}
-        lora: dict[int, dict[str, LoraWeights]] = {}
-        shapes: dict[str, tuple[int, int, bool]] = {}
-        for (layer, name), parts in found.items():
-            if "A" not in parts or "B" not in parts:
-                raise CheckpointError(f"Layer {layer} {name}: lora_A or lora_B is missing.")
-            A = parts["A"].T.contiguous()[None]  # (1, in, r)
-            B = parts["B"].T.contiguous()[None]  # (1, r, out)
-            if scaling != 1.0:
-                B = B * scaling  # alpha/r folded into B
-            C = parts["C"][None] if name in biased and "C" in parts else None
-            lora.setdefault(layer, {})[name] = LoraWeights(A, B, C)
-            shapes[name] = (A.shape[1], B.shape[2], C is not None)
-        missing = [(layer, n) for layer in range(num_layers) for n in shapes if n not in lora.get(layer, {})]
-        if missing:
-            raise CheckpointError(f"Adapter has no weights for {missing[:5]}.")
-        # the hypernetwork's reading order; unknown names keep their order after the known ones
-        order = {name: index for index, name in enumerate(TARGET_MODULE_CANDIDATES)}
-        fan_in_fan_out = bool(config.get("fan_in_fan_out", False))
-        targets = [
-            TargetModule(name, shapes[name][0], shapes[name][1], shapes[name][2], fan_in_fan_out)
-            for name in sorted(shapes, key=lambda n: order.get(n, len(order)))
-        ]
-        return cls(dict(sorted(lora.items())), targets, layers_paths.pop(),
-                   config.get("base_model_name_or_path"), config.get("revision"))
+    def _from_peft(cls, config: Any, state: dict[str, torch.Tensor]) -> ShineAdapter:
+        """A single adapter from a loaded `peft.LoraConfig` and PEFT-named tensors."""
+        lora, targets, layers_path = lora_from_peft(config, state)
+        return cls(lora, targets, layers_path, config.base_model_name_or_path, config.revision)
 
     # ------------------------------------------------------------------ Hub
     def push_to_hub(
         self,
         repo_id: str,
-        private: bool | None = None,
+        *,
+        base_model_name_or_path: str | None = None,
         commit_message: str = "Upload SHINE adapter",
-        token: str | None = None,
+        commit_description: str | None = None,
+        private: bool | None = None,
+        token: bool | str | None = None,
         revision: str | None = None,
+        create_pr: bool = False,
     ) -> str:
-        """Create `repo_id` if needed and upload the PEFT adapter (with model card) in one commit.
+        """Create `repo_id` if needed and upload the PEFT adapter and its card in one commit.
 
-        Returns the commit URL."""
-        import tempfile
+        The pushed `adapter_config.json` and card name the base model: `base_model_name_or_path`
+        if given (it then becomes the adapter's own), else the adapter's. That must be a Hub id: when
+        it is a local path (a backbone loaded from disk), the push is refused before anything is
+        created or uploaded. `base_model_revision` is pushed as it is.
 
+        Args:
+            repo_id: The repo to push to (`name` or `namespace/name`).
+            base_model_name_or_path: The backbone's Hub id, required when the adapter names a local
+                path.
+            commit_message, commit_description: Of the commit.
+            private: Visibility of a newly created repo.
+            token: Hub token (default: the logged-in one).
+            revision: Branch to push to (created from the default branch if it does not exist).
+            create_pr: Open a pull request instead of committing to the branch.
+
+        Returns:
+            The commit's URL (a `huggingface_hub.CommitInfo`, which also holds the PR URL).
+
+        Raises:
+            ConfigError: the base model would be a path of this machine.
+            IncompatibleAdapterError: the adapter is a batch (push `adapter[i]`).
+        """
         from huggingface_hub import HfApi
 
+        self._require_single("push_to_hub")
+        name = self.base_model_name_or_path if base_model_name_or_path is None else base_model_name_or_path
+        if name is not None and is_local_reference(name):
+            raise ConfigError(
+                f"The adapter's base model is the local path {name!r}, which means nothing on the Hub: pass "
+                f"push_to_hub(..., base_model_name_or_path='org/name') with the backbone's Hub id."
+            )
+        self.base_model_name_or_path = name
         api = HfApi(token=token)
         repo = api.create_repo(repo_id, private=private, exist_ok=True)
+        if revision is not None and not revision.startswith("refs/pr"):
+            api.create_branch(repo.repo_id, branch=revision, exist_ok=True)
         self.card_info = {**(getattr(self, "card_info", None) or {}), "repo_id": repo.repo_id}
         with tempfile.TemporaryDirectory() as tmp:
             self.save_pretrained(tmp)
-            commit = api.upload_folder(repo_id=repo.repo_id, folder_path=tmp, commit_message=commit_message,
-                                       revision=revision)
-        return commit.commit_url
+            return api.upload_folder(
+                repo_id=repo.repo_id, folder_path=tmp, commit_message=commit_message,
+                commit_description=commit_description, revision=revision, create_pr=create_pr,
+            )
 
     def __repr__(self) -> str:
+        ranks = sorted(set(self.module_ranks.values()))
+        rank = f"rank={ranks[0]}" if len(ranks) == 1 else f"ranks={ranks}"
         return (
-            f"ShineAdapter(batch={len(self)}, layers={self.num_layers}, rank={self.rank}, "
+            f"ShineAdapter(batch={len(self)}, layers={self.num_layers}, {rank}, "
             f"targets={[t.name for t in self.targets]}, bias_deltas={self.has_bias_deltas}, "
             f"base_model={self.base_model_name_or_path!r})"
         )
 
+
+# ---------------------------------------------------------------------- merged state on a backbone
+def _merged_adapters(backbone: nn.Module) -> list[ShineAdapter]:
+    """The adapters merged into `backbone`, kept on the backbone object (module docstring)."""
+    return vars(backbone).setdefault(MERGED_ADAPTERS_ATTRIBUTE, [])

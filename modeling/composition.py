@@ -83,15 +83,16 @@ def truncate_rank(lora: LoraDict, rank: int) -> dict[int, dict[str, LoraWeights]
     return truncated
 
 
-def pad_rank(lora: LoraDict, rank: int) -> dict[int, dict[str, LoraWeights]]:
-    """The same deltas with zero columns added up to rank `rank`."""
+def pad_rank(lora: LoraDict, rank: int | dict[tuple[int, str], int]) -> dict[int, dict[str, LoraWeights]]:
+    """The same deltas with zero columns added up to rank `rank` (one rank, or one per (layer, module))."""
     padded: dict[int, dict[str, LoraWeights]] = {}
     for layer, modules in lora.items():
         padded[layer] = {}
         for name, w in modules.items():
-            extra = rank - w.A.shape[-1]
+            target_rank = rank if isinstance(rank, int) else rank[(layer, name)]
+            extra = target_rank - w.A.shape[-1]
             if extra < 0:
-                raise IncompatibleAdapterError(f"Cannot pad a rank-{w.A.shape[-1]} LoRA down to rank {rank}.")
+                raise IncompatibleAdapterError(f"Cannot pad a rank-{w.A.shape[-1]} LoRA down to rank {target_rank}.")
             A = torch.cat([w.A, w.A.new_zeros(*w.A.shape[:-1], extra)], dim=-1) if extra else w.A
             B = torch.cat([w.B, w.B.new_zeros(w.B.shape[0], extra, w.B.shape[-1])], dim=-2) if extra else w.B
             padded[layer][name] = LoraWeights(A, B, w.C)
@@ -99,9 +100,11 @@ def pad_rank(lora: LoraDict, rank: int) -> dict[int, dict[str, LoraWeights]]:
 
 
 def stack_loras(loras: Sequence[LoraDict]) -> dict[int, dict[str, LoraWeights]]:
-    """Concatenate LoRAs along the batch axis, padding ranks to the largest."""
-    rank = max(next(iter(lora[0].values())).A.shape[-1] for lora in loras)
-    loras = [pad_rank(lora, rank) for lora in loras]
+    """Concatenate LoRAs along the batch axis, padding each module's rank to its largest."""
+    first = loras[0]
+    ranks = {(layer, name): max(lora[layer][name].A.shape[-1] for lora in loras)
+             for layer, modules in first.items() for name in modules}
+    loras = [pad_rank(lora, ranks) for lora in loras]
     first = loras[0]
     return {
         layer: {

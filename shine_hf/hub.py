@@ -13,6 +13,7 @@ from typing import Any
 from huggingface_hub import ModelCard, ModelCardData
 
 from .modeling.model_card import CARD_RENDERERS
+from .modeling.pretrained import is_local_reference
 
 TAGS = ["shine", "lora", "hypernetwork", "context-internalization"]
 LICENSE = "apache-2.0"
@@ -77,11 +78,15 @@ def render_model_card(model: Any) -> str:
 
 
 def render_adapter_card(adapter: Any) -> str:
-    """README.md of a generated adapter (`ShineAdapter`): a PEFT LoRA for the backbone."""
-    backbone = adapter.base_model_name_or_path or "unknown"
+    """README.md of a generated adapter (`ShineAdapter`): a PEFT LoRA for the backbone.
+
+    The `base_model` metadata and link are set only for a Hub id, never for a local path."""
+    backbone = adapter.base_model_name_or_path
+    hub_id = backbone if backbone and not is_local_reference(backbone) else None
+    shown = backbone or "<base model>"
     card_data = ModelCardData(
         library_name="peft",
-        base_model=backbone if _backbone_url(backbone) != "#" else None,
+        base_model=hub_id,
         tags=[*TAGS, "peft"],
         license=LICENSE,
         pipeline_tag="text-generation",
@@ -90,11 +95,12 @@ def render_adapter_card(adapter: Any) -> str:
     usage = (
         "from peft import PeftModel\n"
         "from transformers import AutoModelForCausalLM\n\n"
-        f'backbone = AutoModelForCausalLM.from_pretrained("{backbone}")\n'
+        f'backbone = AutoModelForCausalLM.from_pretrained("{shown}")\n'
         f'model = PeftModel.from_pretrained(backbone, "{repo}")'
     )
+    ranks = sorted(set(adapter.module_ranks.values()))
     details = {
-        "LoRA rank": adapter.rank,
+        "LoRA rank": ranks[0] if len(ranks) == 1 else f"{ranks[0]}-{ranks[-1]} (per module: `rank_pattern`)",
         "layers": adapter.num_layers,
         "target modules": ", ".join(f"`{t.name}`" for t in adapter.targets),
         "bias deltas": "yes (`lora_bias=True`)" if adapter.has_bias_deltas else "no",
@@ -102,11 +108,11 @@ def render_adapter_card(adapter: Any) -> str:
     return ModelCard.from_template(
         card_data,
         template_str=_template(),
-        title=f"SHINE-generated LoRA for {backbone}",
+        title=f"SHINE-generated LoRA for {shown}",
         summary="A LoRA adapter written by a SHINE hypernetwork from one document, in one forward pass. "
                 "It is a standard PEFT adapter: load it with `PeftModel.from_pretrained`.",
-        backbone=backbone,
-        backbone_url=_backbone_url(backbone),
+        backbone=shown,
+        backbone_url=_backbone_url(hub_id),
         backbone_revision=adapter.base_model_revision,
         details=details,
         training=None,
