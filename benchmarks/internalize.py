@@ -1,157 +1,369 @@
-"""Where internalize time goes, and what a live adapter costs per generated token.
+"""What internalize costs, measured side by side in one run, against the targets of the speed work.
 
-Prints, for a tiny and a ~100M-parameter random Qwen3-style backbone and contexts of 128/512/1024
-tokens, measured side by side in one run:
+For a random Qwen3-style backbone (default "100m": hidden 768, 12 layers; "tiny" for a smoke run),
+with r = 8, R = 128 and 4 M2P layers, it prints:
 
-* internalize broken into its parts -- (1) backbone + meta-LoRA over context and memory tokens,
-  (2) M2P, (3) LoRA emission -- each timed alone, and the whole call ÷ the sum of the parts
-  (glue overhead; target ≤ 1.10);
-* the whole call ÷ one plain backbone forward over the context alone, and M2P ÷ that forward
-  (the paper's Qwen3-8B shapes put M2P at about 30 % of a 1K-token forward by FLOP count);
-* per-token greedy generation time with a live adapter, with the adapter merged into the weights,
-  and with the plain backbone (targets: live ≤ 1.25 × base, merged 1.0 ×).
+1. **Reading pass against its floor.** For contexts of 128/512/1024 tokens: one plain backbone
+   forward over the context with and without the LM head; the *floor* = one backbone pass over
+   context + memory tokens without the LM head (no LoRA, no hooks) + the M2P; and `internalize`
+   with the meta-LoRA (a) as separate low-rank matmuls (`meta_lora_folding=False`), (b) folded into
+   cached copies of the target weights (`True`), (c) one GEMM over [W; Aᵀ] with the B product after
+   (measured here only, through the same module-forward override the folded path uses). Ratios:
+   internalize ÷ plain forward (with / without head) and ÷ floor (target ≤ 1.1 with folding).
+   The M2P is also timed with PyTorch's fused encoder fast path on and off.
+2. **Batched vs single calls.** Throughput of `internalize` on 1, 4 and 8 documents in one call
+   against the same documents one call each (≥ 1.0 at every batch size on CPU), with the default
+   token budget per reading pass and with one pass for the whole batch; batched == single (max |diff|).
+3. **Peak memory.** Each in a fresh process (peak RSS via getrusage, or CUDA's peak allocation):
+   internalize ÷ one plain forward over the same context (target ≤ 1.2), total and above the
+   loaded model.
+4. **Generation** per token with a live adapter, merged, and the plain backbone (targets: live
+   ≤ 1.25 × base, merged 1.0 ×).
+5. **bfloat16 backbone** (hypernetwork float32): internalize time against float32 and the generated
+   LoRA's difference (relative Frobenius error of each module's delta).
 
-Run: python benchmarks/internalize.py [--repeats 5] [--sizes tiny,100m] [--lengths 128,512,1024]
+Run: python benchmarks/internalize.py [--size 100m] [--repeats 5] [--threads 2] [--sections 1,2,3,4,5]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
 import torch
 
 from shine_hf import ShineForCausalLM
-from shine_hf.modeling.hypernetwork import emit_lora
 from shine_hf.testing import tiny_backbone
 from shine_hf.testing.models import randomize_hypernetwork
 
 SIZES = {
     "tiny": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, head_dim=8, vocab_size=512, max_position_embeddings=2048),
-    # 12 layers, hidden 768, FFN 2048, vocab 32000: 110M parameters with untied embeddings.
+    # 12 layers, hidden 768, FFN 2048, vocab 32000: ~125M parameters with untied embeddings.
     "100m": dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12,
                  num_key_value_heads=4, head_dim=64, vocab_size=32000, max_position_embeddings=2048),
 }
 
 
-def median_time(fn: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def build(size: str) -> ShineForCausalLM:
-    backbone = tiny_backbone("qwen3", **SIZES[size])
+def build(size: str, dtype: torch.dtype = torch.float32) -> ShineForCausalLM:
+    backbone = tiny_backbone("qwen3", **SIZES[size]).to(dtype)
     torch.manual_seed(0)
     model = ShineForCausalLM.from_backbone(backbone, lora_rank=8, metalora_rank=128 if size == "100m" else 8)
+    model.hypernetwork.float()
     return randomize_hypernetwork(model, std=0.02).eval()
 
 
-def internalize_breakdown(model: ShineForCausalLM, length: int, repeats: int) -> dict[str, float]:
+def random_ids(model: ShineForCausalLM, rows: int, length: int, seed: int) -> torch.Tensor:
     vocab = model.backbone.config.vocab_size
-    ids = torch.randint(3, vocab, (1, length), generator=torch.Generator().manual_seed(length))
-    mask = torch.ones_like(ids)
-    hyper = model.hypernetwork
+    return torch.randint(3, vocab, (rows, length), generator=torch.Generator().manual_seed(seed))
+
+
+def interleaved(steps: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds of each step, run round by round so drifting load hits every step alike."""
+    for step in steps.values():
+        step()  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. reading pass against the floor
+
+
+@contextlib.contextmanager
+def stacked_meta_lora(model: ShineForCausalLM):
+    """The meta-LoRA as one GEMM over [W; Aᵀ] per projection, then (x A) B added (benchmark only)."""
+    meta_lora = model.hypernetwork.meta_lora
+    lora = meta_lora.lora_dict()
+    replaced = []
     with torch.no_grad():
-        states = model.encode_context(ids, mask)
-        flat = hyper.m2p(states).flatten(2)
-        steps = {
-            "encode": lambda: model.encode_context(ids, mask),
-            "m2p": lambda: hyper.m2p(states),
-            "emit": lambda: emit_lora(flat, hyper.targets, hyper.lora_rank, hyper.lora_scale),
-            "whole": lambda: model.internalize(ids, mask),
-            "plain": lambda: model.backbone.base_model(input_ids=ids, use_cache=False),
-        }
-        for step in steps.values():
-            step()  # warm-up
-        # interleaved rounds, so drifting machine load hits every step alike
-        times: dict[str, list[float]] = {name: [] for name in steps}
-        for _ in range(repeats):
-            for name, step in steps.items():
-                start = time.perf_counter()
-                step()
-                times[name].append(time.perf_counter() - start)
-    r = {name: statistics.median(values) for name, values in times.items()}
-    parts = r["encode"] + r["m2p"] + r["emit"]
-    return dict(r, glue=r["whole"] / parts, vs_plain=r["whole"] / r["plain"], m2p_vs_plain=r["m2p"] / r["plain"])
+        for layer, target, module in model.lora_injector.modules():
+            A, B, C = lora[layer][target.name]
+            stacked = torch.cat([module.weight, A[0].T.to(module.weight.dtype)])  # (out + R, in)
+            bias = module.bias if C is None else module.bias + C[0]
+            bias = None if bias is None else torch.cat([bias, bias.new_zeros(A.shape[-1])])
+            out = module.weight.shape[0]
+            B0 = B[0].to(module.weight.dtype)
+
+            def forward(x, stacked=stacked, bias=bias, out=out, B0=B0):
+                both = torch.nn.functional.linear(x, stacked, bias)
+                return both[..., :out] + both[..., out:] @ B0
+
+            module.forward = forward
+            replaced.append(module)
+    meta_lora.lora_dict = lambda: {layer: {} for layer in lora}  # the hooks add nothing on top
+    try:
+        yield
+    finally:
+        del meta_lora.lora_dict
+        for module in replaced:
+            del module.forward
+
+
+def reading_steps(model: ShineForCausalLM, length: int) -> dict[str, Callable[[], object]]:
+    """The timed steps of section 1 for one context length."""
+    hyper, injector = model.hypernetwork, model.lora_injector
+    ids = random_ids(model, 1, length, seed=length)
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        states = hyper.encode_context(injector, ids, mask)
+        embeds = model.backbone.get_input_embeddings()(ids)
+        floor_embeds = torch.cat([embeds, hyper.memory_tokens[None].to(embeds.dtype)], dim=1)
+
+    def internalize(folding):
+        def run():
+            model.meta_lora_folding = folding
+            return model.internalize(ids)
+        return run
+
+    def stacked():
+        with stacked_meta_lora(model):
+            return hyper(injector, ids, mask)
+
+    def m2p_without_fastpath():
+        torch.backends.mha.set_fastpath_enabled(False)
+        try:
+            return hyper.m2p(states)
+        finally:
+            torch.backends.mha.set_fastpath_enabled(True)
+
+    return {
+        "plain_head": lambda: model.backbone(input_ids=ids, use_cache=False),
+        "plain": lambda: model.backbone.base_model(input_ids=ids, use_cache=False),
+        "floor_pass": lambda: model.backbone.base_model(inputs_embeds=floor_embeds, use_cache=False),
+        "m2p": lambda: hyper.m2p(states),
+        "m2p_slow": m2p_without_fastpath,
+        "unfolded": internalize(False),
+        "folded": internalize(True),
+        "stacked": stacked,
+    }
+
+
+def reading_pass(model: ShineForCausalLM, lengths: list[int], repeats: int) -> list[dict[str, float]]:
+    rows = []
+    for length in lengths:
+        with torch.no_grad():
+            r = interleaved(reading_steps(model, length), repeats)
+        model.meta_lora_folding = "auto"
+        r["length"] = length
+        r["floor"] = r["floor_pass"] + r["m2p"]
+        rows.append(r)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. batched vs singles
+
+
+def batching_steps(model: ShineForCausalLM, ids: torch.Tensor) -> dict[str, Callable[[], object]]:
+    """The timed steps of section 2 for one batch of documents."""
+
+    def batched(budget):
+        def run():
+            model.internalize_batch_tokens = budget
+            return model.internalize(ids)
+        return run
+
+    def singles():
+        model.internalize_batch_tokens = None
+        return [model.internalize(ids[i : i + 1]) for i in range(ids.shape[0])]
+
+    return {"singles": singles, "batched": batched(None), "one_pass": batched(10**9)}
+
+
+def batching(model: ShineForCausalLM, batch_sizes: list[int], length: int, repeats: int) -> list[dict[str, float]]:
+    rows = []
+    for batch in batch_sizes:
+        ids = random_ids(model, batch, length, seed=batch)
+        steps = batching_steps(model, ids)
+        with torch.no_grad():
+            r = interleaved(steps, repeats)
+            together, alone = steps["one_pass"](), steps["singles"]()
+        model.internalize_batch_tokens = None
+        diff = max(
+            (together.lora[layer][name].A[i] - alone[i].lora[layer][name].A[0]).abs().max().item()
+            for i in range(batch) for layer in together.lora for name in together.lora[layer]
+        )
+        rows.append(dict(r, batch=batch, max_diff=diff))
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. peak memory (fresh process per measurement)
+
+_MEMORY_CHILD = """
+import json, resource, sys, torch
+sys.path.insert(0, {here!r})
+from internalize import build, random_ids
+model = build({size!r})
+ids = random_ids(model, 1, {length}, seed=0)
+cuda = torch.cuda.is_available()
+def peak():
+    if cuda:
+        return torch.cuda.max_memory_allocated()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+loaded = peak()
+with torch.no_grad():
+    if {what!r} == "plain":
+        model.backbone.base_model(input_ids=ids, use_cache=False)
+    elif {what!r} == "plain_head":
+        model.backbone(input_ids=ids, use_cache=False)
+    else:
+        model.meta_lora_folding = {what!r} == "folded"
+        model.internalize(ids)
+print(json.dumps({{"loaded": loaded, "peak": peak()}}))
+"""
+
+
+def peak_memory(size: str, length: int) -> dict[str, dict[str, int]]:
+    import pathlib
+
+    here = str(pathlib.Path(__file__).resolve().parent)
+    results = {}
+    for what in ("plain", "plain_head", "unfolded", "folded"):
+        code = _MEMORY_CHILD.format(here=here, size=size, length=length, what=what)
+        output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        results[what] = json.loads(output.stdout.strip().splitlines()[-1])
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. generation
 
 
 def generation_costs(model: ShineForCausalLM, new_tokens: int, repeats: int) -> dict[str, float]:
-    vocab = model.backbone.config.vocab_size
-    prompt = torch.randint(3, vocab, (1, 32), generator=torch.Generator().manual_seed(1))
-    adapter = model.internalize(torch.randint(3, vocab, (1, 128), generator=torch.Generator().manual_seed(2)))
+    prompt = random_ids(model, 1, 32, seed=1)
+    adapter = model.internalize(random_ids(model, 1, 128, seed=2))
     kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
 
     def run(adapter_or_none):
         return lambda: model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt),
                                       adapter=adapter_or_none, **kwargs)
 
-    # interleave the three so drifting machine load hits them alike
     base, live, merged = [], [], []
     run(None)()
     for _ in range(repeats):
-        base.append(median_time(run(None), 1))
-        live.append(median_time(run(adapter), 1))
+        for store, fn in ((base, run(None)), (live, run(adapter))):
+            start = time.perf_counter()
+            fn()
+            store.append(time.perf_counter() - start)
         adapter.merge_into(model.backbone)
         try:
-            merged.append(median_time(run(None), 1))
+            start = time.perf_counter()
+            run(None)()
+            merged.append(time.perf_counter() - start)
         finally:
             adapter.unmerge_from(model.backbone)
     per_token = {k: statistics.median(v) / new_tokens for k, v in dict(base=base, live=live, merged=merged).items()}
-    per_token["live_ratio"] = per_token["live"] / per_token["base"]
-    per_token["merged_ratio"] = per_token["merged"] / per_token["base"]
-    return per_token
+    return dict(per_token, live_ratio=per_token["live"] / per_token["base"],
+                merged_ratio=per_token["merged"] / per_token["base"])
 
 
-def m2p_flop_share(model: ShineForCausalLM, length: int) -> float:
-    """M2P FLOPs ÷ backbone-forward FLOPs over `length` tokens (matmuls only, 2 FLOPs per MAC)."""
-    config = model.config
-    H, L, M, F = config.hidden_size, config.num_hidden_layers, config.num_memory_tokens, config.m2p_ffn_dim
-    tokens = L * M
-    m2p = config.m2p_num_layers * tokens * 2 * (4 * H * H + 2 * H * F)
-    m2p += config.m2p_num_layers // 2 * 2 * 2 * H * (M * L * L + L * M * M)  # attention scores + mix
-    backbone_params = sum(p.numel() for n, p in model.backbone.named_parameters() if "embed" not in n)
-    return m2p / (2 * backbone_params * length)
+# ---------------------------------------------------------------------------------------------
+# 5. bfloat16
+
+
+def bfloat16(size: str, length: int, repeats: int) -> dict[str, float]:
+    full, half = build(size), build(size, torch.bfloat16)
+    ids = random_ids(full, 1, length, seed=3)
+    with torch.no_grad():
+        r = interleaved({"float32": lambda: full.internalize(ids), "bfloat16": lambda: half.internalize(ids)}, repeats)
+        a, b = full.internalize(ids), half.internalize(ids)
+    errors = []
+    for layer in a.lora:
+        for name in a.lora[layer]:
+            wa, wb = a.lora[layer][name], b.lora[layer][name]
+            delta_a, delta_b = wa.A[0].double() @ wa.B[0].double(), wb.A[0].double() @ wb.B[0].double()
+            errors.append((torch.linalg.norm(delta_a - delta_b) / torch.linalg.norm(delta_a)).item())
+    return dict(r, speedup=r["float32"] / r["bfloat16"], median_rel_error=statistics.median(errors),
+                max_rel_error=max(errors))
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", default="100m", choices=sorted(SIZES))
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--sizes", default="tiny,100m")
     parser.add_argument("--lengths", default="128,512,1024")
+    parser.add_argument("--batch-sizes", default="1,4,8")
+    parser.add_argument("--batch-length", type=int, default=512)
     parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--sections", default="1,2,3,4,5")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    print(f"# machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}, float32 CPU")
-    for size in args.sizes.split(","):
-        model = build(size)
-        n_params = sum(p.numel() for p in model.backbone.parameters()) / 1e6
-        n_hyper = sum(p.numel() for p in model.hypernetwork.parameters()) / 1e6
-        print(f"\n## backbone {size}: {n_params:.1f}M params, hypernetwork {n_hyper:.1f}M params, "
-              f"M = {model.config.num_memory_tokens} memory tokens, r = {model.config.lora_rank}")
-        print("| context | encode (s) | M2P (s) | emit (s) | internalize (s) | whole/sum parts | "
-              "whole/plain fwd | M2P/plain fwd | M2P FLOP share |")
-        print("|---|---|---|---|---|---|---|---|---|")
-        for length in map(int, args.lengths.split(",")):
-            r = internalize_breakdown(model, length, args.repeats)
-            print(f"| {length} | {r['encode']:.4f} | {r['m2p']:.4f} | {r['emit']:.5f} | {r['whole']:.4f} | "
-                  f"{r['glue']:.3f} | {r['vs_plain']:.2f} | {r['m2p_vs_plain']:.2f} | "
-                  f"{m2p_flop_share(model, length):.2f} |")
+    sections = set(args.sections.split(","))
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or platform.machine()
+    print(f"# {device}, {torch.get_num_threads()} threads, torch {torch.__version__}; backbone {args.size}")
+    model = build(args.size)
+    backbone_params = sum(p.numel() for p in model.backbone.parameters()) / 1e6
+    hyper_params = sum(p.numel() for p in model.hypernetwork.parameters()) / 1e6
+    print(f"backbone {backbone_params:.1f}M params, hypernetwork {hyper_params:.1f}M params, "
+          f"M = {model.config.num_memory_tokens} memory tokens, r = {model.config.lora_rank}, "
+          f"R = {model.config.metalora_rank}")
+
+    if "1" in sections:
+        print("\n## 1. reading pass against the floor (seconds; ratios)\n")
+        print("| context | plain fwd | plain + head | floor (pass + M2P) | M2P | M2P no fast path | "
+              "unfolded | folded | [W;Aᵀ] | unfolded/floor | folded/floor | [W;Aᵀ]/floor | folded/plain | "
+              "folded/plain+head |")
+        print("|" + "---|" * 14)
+        for r in reading_pass(model, [int(n) for n in args.lengths.split(",")], args.repeats):
+            print(f"| {r['length']} | {r['plain']:.4f} | {r['plain_head']:.4f} | {r['floor']:.4f} | {r['m2p']:.4f} | "
+                  f"{r['m2p_slow']:.4f} | {r['unfolded']:.4f} | {r['folded']:.4f} | {r['stacked']:.4f} | "
+                  f"{r['unfolded'] / r['floor']:.3f} | {r['folded'] / r['floor']:.3f} | "
+                  f"{r['stacked'] / r['floor']:.3f} | {r['folded'] / r['plain']:.2f} | "
+                  f"{r['folded'] / r['plain_head']:.2f} |")
+
+    if "2" in sections:
+        print(f"\n## 2. batched vs single calls ({args.batch_length}-token documents; default budget "
+              f"{model.internalize_batch_tokens or 'auto'})\n")
+        print("| documents | singles (s) | batched, default budget (s) | one pass (s) | "
+              "throughput batched/singles | one pass/singles | max diff batched vs single |")
+        print("|---|---|---|---|---|---|---|")
+        for r in batching(model, [int(n) for n in args.batch_sizes.split(",")], args.batch_length, args.repeats):
+            print(f"| {r['batch']} | {r['singles']:.4f} | {r['batched']:.4f} | {r['one_pass']:.4f} | "
+                  f"{r['singles'] / r['batched']:.2f} | {r['singles'] / r['one_pass']:.2f} | {r['max_diff']:.1e} |")
+
+    if "3" in sections:
+        length = max(int(n) for n in args.lengths.split(","))
+        memory = peak_memory(args.size, length)
+        plain = memory["plain"]
+        print(f"\n## 3. peak memory, {length}-token context (fresh process each; MiB)\n")
+        print("| step | loaded model | peak | peak ÷ plain fwd peak | above model ÷ plain fwd above model |")
+        print("|---|---|---|---|---|")
+        for what, m in memory.items():
+            print(f"| {what} | {m['loaded'] / 2**20:.0f} | {m['peak'] / 2**20:.0f} | {m['peak'] / plain['peak']:.2f} | "
+                  f"{(m['peak'] - m['loaded']) / max(plain['peak'] - plain['loaded'], 1):.2f} |")
+
+    if "4" in sections:
         g = generation_costs(model, args.new_tokens, args.repeats)
-        print(f"\nper-token generation ({args.new_tokens} new tokens, prompt 32): base {g['base'] * 1e3:.2f} ms, "
-              f"live adapter {g['live'] * 1e3:.2f} ms ({g['live_ratio']:.3f} x base), merged "
-              f"{g['merged'] * 1e3:.2f} ms ({g['merged_ratio']:.3f} x base)")
+        print(f"\n## 4. generation per token ({args.new_tokens} new tokens, prompt 32)\n")
+        print(f"base {g['base'] * 1e3:.2f} ms, live adapter {g['live'] * 1e3:.2f} ms ({g['live_ratio']:.3f} x base), "
+              f"merged {g['merged'] * 1e3:.2f} ms ({g['merged_ratio']:.3f} x base)")
+
+    if "5" in sections:
+        length = 512
+        b = bfloat16(args.size, length, args.repeats)
+        print(f"\n## 5. bfloat16 backbone, float32 hypernetwork ({length}-token context)\n")
+        print(f"internalize float32 {b['float32']:.4f} s, bfloat16 {b['bfloat16']:.4f} s "
+              f"(speed-up {b['speedup']:.2f} x); generated delta vs float32: median relative error "
+              f"{b['median_rel_error']:.2e}, max {b['max_rel_error']:.2e}")
 
 
 if __name__ == "__main__":
