@@ -10,6 +10,7 @@ from __future__ import annotations
 import typer
 
 from .convert import convert
+from .demo import demo
 
 app = typer.Typer(
     name="shine",
@@ -26,6 +27,7 @@ def main() -> None:
 
 
 app.command("convert")(convert)
+app.command("demo")(demo)
 
 
 def _register_optional_commands() -> None:
