@@ -1,6 +1,7 @@
 """Training on transformers.Trainer: only the hypernetwork learns, checkpoints are shine-hf
-checkpoints, resuming continues the same run, activation checkpointing changes nothing, and the
-`python -m shine_hf.cli train` command trains end to end."""
+checkpoints, resuming continues the same run, activation checkpointing changes nothing, the
+arguments are declared once (dataclasses read by train(), the command line and the docs), and the
+`python -m shine_hf.cli train` command trains end to end and reports user errors in one line."""
 
 from __future__ import annotations
 
@@ -23,9 +24,13 @@ from shine_hf.data import COMP_TOKEN, RECON_TOKEN, build_qa_dataset
 from shine_hf.testing import build_chat_tokenizer, tiny_backbone
 from shine_hf.testing.models import randomize_hypernetwork, tiny_shine
 from shine_hf.train import (
+    STAGE_LEARNING_RATES,
+    ShineDataArguments,
+    ShineModelArguments,
     ShineTrainer,
+    ShineTrainingArguments,
     TrainingError,
-    build_training_arguments,
+    parse_train_arguments,
     train,
 )
 
@@ -62,12 +67,12 @@ def _dataset(tokenizer, n: int = 4) -> Dataset:
     return build_qa_dataset(Dataset.from_list(_records(n)), tokenizer)[0]
 
 
-def _args(output_dir: Path, **overrides):
+def _args(output_dir: Path, **overrides) -> ShineTrainingArguments:
     values = dict(learning_rate=1e-2, warmup_steps=0, gradient_accumulation_steps=1,
                   per_device_train_batch_size=4, max_steps=1, logging_steps=1, save_steps=1000,
                   disable_tqdm=True, dataloader_pin_memory=False)
     values.update(overrides)
-    return build_training_arguments(output_dir, "ift", **values)
+    return ShineTrainingArguments(output_dir=str(output_dir), **values)
 
 
 def _losses(trainer) -> dict[int, float]:
@@ -157,7 +162,7 @@ def test_gradient_checkpointing_gives_the_same_first_step(tmp_path, monkeypatch)
     logs = {}
     for checkpointing in (False, True):
         model = _model()
-        trainer = ShineTrainer(model, _args(tmp_path / str(checkpointing), gradient_checkpointing=checkpointing),
+        trainer = ShineTrainer(model, _args(tmp_path / str(checkpointing), activation_checkpointing=checkpointing),
                                train_dataset=dataset)
         trainer.train()
         assert model.is_gradient_checkpointing is checkpointing
@@ -170,7 +175,7 @@ def test_gradient_checkpointing_gives_the_same_first_step(tmp_path, monkeypatch)
 def test_group_by_length_and_periodic_eval_loss(tmp_path):
     tokenizer = build_chat_tokenizer()
     dataset = _dataset(tokenizer, n=8)
-    args = _args(tmp_path, group_by_length=True, has_eval=True, eval_steps=1, max_steps=2,
+    args = _args(tmp_path, group_by_length=True, eval_strategy="steps", eval_steps=1, max_steps=2,
                  per_device_train_batch_size=2)
     assert args.train_sampling_strategy == "group_by_length"
     trainer = ShineTrainer(_model(), args, train_dataset=dataset, eval_dataset=_dataset(tokenizer, n=2))
@@ -208,9 +213,9 @@ def test_pretrain_then_instruction_tune_from_the_command_line(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(f"Report {i}: the shipment left Lyon on day {i} and reached Tarsk." for i in range(6)))
 
-    result = train(str(backbone_dir), corpus, stage="pretrain", output_dir=tmp_path / "pretrain", max_steps=3,
-                   gradient_accumulation_steps=1, per_device_train_batch_size=2, hypernetwork_config=HYPER,
-                   training_args={"disable_tqdm": True, "dataloader_pin_memory": False})
+    result = train(backbone=str(backbone_dir), data=corpus, stage="pretrain", output_dir=str(tmp_path / "pretrain"),
+                   max_steps=3, gradient_accumulation_steps=1, per_device_train_batch_size=2, **HYPER,
+                   disable_tqdm=True, dataloader_pin_memory=False)
     tokenizer, backbone = result.model.tokenizer, result.model.backbone
     # <RECON>/<COMP> were added; the embedding grew by their two rows, set to the mean of the others.
     assert {RECON_TOKEN, COMP_TOKEN} <= set(tokenizer.get_added_vocab())
@@ -257,26 +262,160 @@ def test_backbone_tokenizer_comes_from_the_backbone_revision(tmp_path, hub):
     grown.save_pretrained(tmp_path / "grown")
     api.upload_folder(repo_id=repo_id, folder_path=tmp_path / "grown")
 
-    result = train(repo_id, Dataset.from_list(_records(2)), backbone_revision=first, output_dir=tmp_path / "out",
-                   max_steps=1, per_device_train_batch_size=2, gradient_accumulation_steps=1, hypernetwork_config=HYPER,
-                   training_args={"disable_tqdm": True, "dataloader_pin_memory": False})
+    result = train(backbone=repo_id, data=Dataset.from_list(_records(2)), backbone_revision=first,
+                   output_dir=str(tmp_path / "out"), max_steps=1, per_device_train_batch_size=2,
+                   gradient_accumulation_steps=1, **HYPER, disable_tqdm=True, dataloader_pin_memory=False)
     assert "<later-token>" not in result.model.tokenizer.get_added_vocab()
     assert len(result.model.tokenizer) == len(build_chat_tokenizer())
 
 
-def test_command_line_errors_are_one_line(tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        app(["train", "--data", str(tmp_path / "missing.jsonl"), "--output-dir", str(tmp_path / "out"),
-              "--backbone", str(_save_backbone(tmp_path / "backbone"))])
-    assert exit_info.value.code == 1
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("Error: Training data not found") and "\n" not in err
+# ------------------------------------------------------------------------------ arguments
+
+
+def test_reference_defaults_live_in_the_training_arguments(tmp_path):
+    args = ShineTrainingArguments(output_dir=str(tmp_path))
+    assert args.optim == "adamw_torch" and args.lr_scheduler_type == "linear"
+    assert (args.weight_decay, args.warmup_steps, args.max_grad_norm, args.gradient_accumulation_steps) == (
+        0.01, 2000, 1.0, 4)
+    assert args.per_device_train_batch_size == args.per_device_eval_batch_size == 1
+    assert args.learning_rate is None and STAGE_LEARNING_RATES == {"pretrain": 5e-5, "ift": 1e-5}
+    assert args.remove_unused_columns is False and args.prediction_loss_only is True
+    assert args.ddp_find_unused_parameters is False and args.report_to == []
+    # the warmup is capped at 10% of a short run, and not capped without max_warmup_fraction
+    assert args.get_warmup_steps(100) == 10 and args.get_warmup_steps(100_000) == 2000
+    uncapped = ShineTrainingArguments(output_dir=str(tmp_path), max_warmup_fraction=None)
+    assert uncapped.get_warmup_steps(100) == 2000
+    assert ShineTrainingArguments(output_dir=str(tmp_path), group_by_length=True).train_sampling_strategy == (
+        "group_by_length")
+    assert ShineTrainingArguments(output_dir=str(tmp_path), report_to="tensorboard, wandb").report_to == [
+        "tensorboard", "wandb"]
+    with pytest.raises(TrainingError, match="learning_rate is None"):
+        ShineTrainer(_model(), args)
+
+
+def test_keyword_fields_build_the_same_dataclasses(tmp_path):
+    fields = dict(backbone="some/backbone", lora_rank=4, data=["qa.jsonl"], stage="pretrain", max_context_tokens=64,
+                  output_dir=str(tmp_path), learning_rate=1e-3, max_steps=7, seed=3)
+    model_args, data_args, training_args = parse_train_arguments(fields)
+    assert model_args == ShineModelArguments(backbone="some/backbone", lora_rank=4)
+    assert model_args.hypernetwork_config() == {"lora_rank": 4}
+    assert data_args == ShineDataArguments(data=["qa.jsonl"], stage="pretrain", max_context_tokens=64)
+    assert (training_args.learning_rate, training_args.max_steps, training_args.seed) == (1e-3, 7, 3)
+    with pytest.raises(TypeError, match="hypernetwork_config"):
+        parse_train_arguments({**fields, "hypernetwork_config": {}})
+    with pytest.raises(TypeError, match="not both"):
+        train(model_args, data_args, training_args, max_steps=1)
+
+
+def _command_options() -> dict[str, object]:
+    import typer
+
+    command = typer.main.get_command(app).commands["train"]
+    return {name: param for param in command.params for name in param.opts}
+
+
+def test_command_line_options_come_from_the_dataclasses(tmp_path):
+    options = _command_options()
+    for name in ("--data", "--output-dir", "-o", "--backbone", "--stage", "--from", "--resume", "--eval-data",
+                 "--eval-fraction", "--learning-rate", "--lr", "--epochs", "--max-steps", "--batch-size",
+                 "--gradient-accumulation-steps", "--warmup-steps", "--weight-decay", "--max-grad-norm",
+                 "--max-context-tokens", "--max-conversation-tokens", "--split-qa", "--shuffle-qa", "--pack-contexts",
+                 "--text-column", "--gradient-checkpointing", "--bf16", "--fp16", "--backbone-dtype",
+                 "--group-by-length", "--logging-steps", "--eval-steps", "--save-steps", "--save-total-limit",
+                 "--report-to", "--seed", "--lora-rank", "--metalora-rank", "--m2p-layers", "--lora-scale"):
+        assert name in options, name
+    training = ShineTrainingArguments(output_dir=str(tmp_path))
+    for option, field in (("--batch-size", "per_device_train_batch_size"), ("--warmup-steps", "warmup_steps"),
+                          ("--gradient-accumulation-steps", "gradient_accumulation_steps"),
+                          ("--logging-steps", "logging_steps"), ("--weight-decay", "weight_decay"),
+                          ("--max-warmup-fraction", "max_warmup_fraction"), ("--epochs", "num_train_epochs")):
+        assert options[option].default == getattr(training, field), option
+    assert options["--max-context-tokens"].default == ShineDataArguments(data=[]).max_context_tokens
+    assert options["--data"].required and options["--output-dir"].required
+    assert "1e-05 ift" in options["--lr"].help
+
+
+def test_docs_option_table_is_generated_from_the_dataclasses():
+    from shine_hf.cli.train import options_markdown
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
+    assert options_markdown() in docs, "regenerate the table: python -c 'from shine_hf.cli.train import " \
+                                       "options_markdown; print(options_markdown())'"
+
+
+# ------------------------------------------------------------------------------ user errors
+
+
+def _write(path: Path, text: str) -> str:
+    path.write_text(text)
+    return str(path)
+
+
+QA_LINE = json.dumps({"context": "Paris is in France.", "question": "Where is Paris?", "answer": "France"})
+
+# (arguments after --data, the problem the one-line error must name); --backbone points nowhere, so
+# every one of these must be caught before any model is loaded.
+USER_ERRORS = {
+    "missing file": (lambda d: [str(d / "missing.jsonl")], "Data file not found"),
+    "malformed JSONL": (lambda d: [_write(d / "bad.jsonl", QA_LINE + '\n{"context": "b", "question": ')],
+                        "bad.jsonl is not valid JSON or JSONL"),
+    "empty file": (lambda d: [_write(d / "empty.jsonl", "")], "Empty data file"),
+    "blank lines": (lambda d: [_write(d / "blank.jsonl", "\n\n")], "holds no JSON records"),
+    "wrong columns": (lambda d: [_write(d / "wrong.jsonl", '{"text": "x", "title": "y"}\n')],
+                      "QA records need 'context'"),
+    "no answer": (lambda d: [_write(d / "noanswer.jsonl", QA_LINE + '\n{"context": "b", "question": "q"}\n')],
+                  "QA record 1: a question has no answer"),
+    "no text column": (lambda d: [_write(d / "qa.jsonl", QA_LINE), "--stage", "pretrain"], "no 'text' column"),
+    "bad eval data": (lambda d: [_write(d / "qa.jsonl", QA_LINE), "--eval-data", _write(d / "e.jsonl", "[1,")],
+                      "e.jsonl is not valid JSON"),
+    "batch size 0": (lambda d: [_write(d / "qa.jsonl", QA_LINE), "--batch-size", "0"],
+                     "per_device_train_batch_size must be at least 1, got 0"),
+    "accumulation 0": (lambda d: [_write(d / "qa.jsonl", QA_LINE), "--gradient-accumulation-steps", "0"],
+                       "gradient_accumulation_steps must be at least 1"),
+    "max steps 0": (lambda d: [_write(d / "qa.jsonl", QA_LINE), "--max-steps", "0"], "max_steps must be positive"),
+    "epochs 0": (lambda d: [_write(d / "qa.jsonl", QA_LINE), "--epochs", "0"], "num_train_epochs must be positive"),
+    "learning rate -1": (lambda d: [_write(d / "qa.jsonl", QA_LINE), "--lr", "-1"], "learning_rate must be positive"),
+    "negative warmup": (lambda d: [_write(d / "qa.jsonl", QA_LINE), "--warmup-steps", "-5"],
+                        "warmup_steps must be at least 0"),
+    "logging steps 0": (lambda d: [_write(d / "qa.jsonl", QA_LINE), "--logging-steps", "0"],
+                        "logging_steps must be positive"),
+    "save steps 0": (lambda d: [_write(d / "qa.jsonl", QA_LINE), "--save-steps", "0"], "save_steps must be positive"),
+    "eval steps 0": (lambda d: [_write(d / "qa.jsonl", QA_LINE), "--eval-steps", "0"], "eval_steps must be positive"),
+    "keep 0 checkpoints": (lambda d: [_write(d / "qa.jsonl", QA_LINE), "--save-total-limit", "0"],
+                           "save_total_limit must be at least 1"),
+    "context budget 0": (lambda d: [_write(d / "qa.jsonl", QA_LINE), "--max-context-tokens", "0"],
+                         "max_context_tokens must be at least 1"),
+    "conversation budget -1": (lambda d: [_write(d / "qa.jsonl", QA_LINE), "--max-conversation-tokens", "-1"],
+                               "max_conversation_tokens must be at least 1"),
+    "eval fraction 1": (lambda d: [_write(d / "qa.jsonl", QA_LINE), "--eval-fraction", "1"],
+                        "eval_fraction must be in [0, 1)"),
+    "lora rank 0": (lambda d: [_write(d / "qa.jsonl", QA_LINE), "--lora-rank", "0"], "lora_rank and metalora_rank"),
+    "odd M2P depth": (lambda d: [_write(d / "qa.jsonl", QA_LINE), "--m2p-layers", "3"], "positive even number"),
+    "unknown dtype": (lambda d: [_write(d / "qa.jsonl", QA_LINE), "--backbone-dtype", "bf17"],
+                      "Unknown backbone dtype 'bf17'"),
+}
+
+
+@pytest.mark.parametrize("case", list(USER_ERRORS))
+def test_command_line_user_errors_are_one_line_before_any_model_work(tmp_path, case):
+    from typer.testing import CliRunner
+
+    arguments, problem = USER_ERRORS[case]
+    result = CliRunner().invoke(app, ["train", "--backbone", str(tmp_path / "no-such-backbone"), "--output-dir",
+                                      str(tmp_path / "out"), "--data", *arguments(tmp_path)])
+    assert result.exit_code == 1, (result.output, result.exception)
+    assert isinstance(result.exception, SystemExit)  # no traceback: an exit, not an escaped exception
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    assert problem in lines[0]
+    assert not (tmp_path / "out").exists()
 
 
 def test_train_needs_a_known_stage_and_a_backbone(tmp_path):
+    records = Dataset.from_list(_records(2))
     with pytest.raises(TrainingError, match="stage"):
-        train(None, [], stage="finetune", output_dir=tmp_path)
+        train(data=records, stage="finetune", output_dir=str(tmp_path))
     with pytest.raises(TrainingError, match="No backbone"):
-        train(None, [], output_dir=tmp_path)
+        train(data=records, output_dir=str(tmp_path))
     with pytest.raises(TrainingError, match="resume"):
-        train(None, [], output_dir=tmp_path, resume_from_checkpoint=True)
+        train(data=records, output_dir=str(tmp_path), resume_from_checkpoint=True)
