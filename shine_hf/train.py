@@ -89,24 +89,17 @@ class TrainingError(ShineError, ValueError):
 # --------------------------------------------------------------------------------------------
 
 
-def _check_at_least(owner: object, names: Sequence[str], minimum: float, *, optional: bool = False) -> None:
-    """Raise a `TrainingError` naming the first field of `owner` below `minimum` (None passes if optional)."""
+def _check_at_least(owner: object, names: Sequence[str], minimum: float, *, strict: bool = False,
+                    optional: bool = False) -> None:
+    """Raise a `TrainingError` naming the first field of `owner` below `minimum` (or equal to it when
+    `strict`); None passes when `optional`."""
     for name in names:
         value = getattr(owner, name)
         if value is None and optional:
             continue
-        if value is None or value < minimum:
-            raise TrainingError(f"{name} must be at least {minimum:g}, got {value}.")
-
-
-def _check_positive(owner: object, names: Sequence[str], *, optional: bool = False) -> None:
-    """Raise a `TrainingError` naming the first field of `owner` that is not > 0 (None passes if optional)."""
-    for name in names:
-        value = getattr(owner, name)
-        if value is None and optional:
-            continue
-        if value is None or value <= 0:
-            raise TrainingError(f"{name} must be positive, got {value}.")
+        if value is None or value < minimum or (strict and value == minimum):
+            bound = ("positive" if minimum == 0 else f"above {minimum:g}") if strict else f"at least {minimum:g}"
+            raise TrainingError(f"{name} must be {bound}, got {value}.")
 
 
 @dataclass
@@ -298,14 +291,14 @@ class ShineTrainingArguments(TrainingArguments):
             self.train_sampling_strategy = "group_by_length"
         _check_at_least(self, ("per_device_train_batch_size", "per_device_eval_batch_size",
                                "gradient_accumulation_steps"), 1)
-        _check_positive(self, ("logging_steps", "save_steps"))
-        _check_positive(self, ("learning_rate", "eval_steps"), optional=True)
+        _check_at_least(self, ("logging_steps", "save_steps"), 0, strict=True)
+        _check_at_least(self, ("learning_rate", "eval_steps"), 0, strict=True, optional=True)
         _check_at_least(self, ("save_total_limit",), 1, optional=True)
         _check_at_least(self, ("warmup_steps", "weight_decay", "max_grad_norm"), 0)
         if self.max_steps <= 0 and self.max_steps != -1:
             raise TrainingError(f"max_steps must be positive (or -1: use num_train_epochs), got {self.max_steps}.")
         if self.max_steps == -1:
-            _check_positive(self, ("num_train_epochs",))
+            _check_at_least(self, ("num_train_epochs",), 0, strict=True)
         if self.max_warmup_fraction is not None and not 0 <= self.max_warmup_fraction <= 1:
             raise TrainingError(f"max_warmup_fraction must be in [0, 1], got {self.max_warmup_fraction}.")
         try:

@@ -346,69 +346,71 @@ def test_docs_option_table_is_generated_from_the_dataclasses():
 # ------------------------------------------------------------------------------ user errors
 
 
-def _write(path: Path, text: str) -> str:
-    path.write_text(text)
-    return str(path)
-
-
 QA_LINE = json.dumps({"context": "Paris is in France.", "question": "Where is Paris?", "answer": "France"})
 
-# (arguments after --data, the problem the one-line error must name); --backbone points nowhere, so
-# every one of these must be caught before any model is loaded.
-USER_ERRORS = {
-    "missing file": (lambda d: [str(d / "missing.jsonl")], "Data file not found"),
-    "malformed JSONL": (lambda d: [_write(d / "bad.jsonl", QA_LINE + '\n{"context": "b", "question": ')],
-                        "bad.jsonl is not valid JSON or JSONL"),
-    "empty file": (lambda d: [_write(d / "empty.jsonl", "")], "Empty data file"),
-    "blank lines": (lambda d: [_write(d / "blank.jsonl", "\n\n")], "holds no JSON records"),
-    "wrong columns": (lambda d: [_write(d / "wrong.jsonl", '{"text": "x", "title": "y"}\n')],
-                      "QA records need 'context'"),
-    "no answer": (lambda d: [_write(d / "noanswer.jsonl", QA_LINE + '\n{"context": "b", "question": "q"}\n')],
-                  "QA record 1: a question has no answer"),
-    "no text column": (lambda d: [_write(d / "qa.jsonl", QA_LINE), "--stage", "pretrain"], "no 'text' column"),
-    "bad eval data": (lambda d: [_write(d / "qa.jsonl", QA_LINE), "--eval-data", _write(d / "e.jsonl", "[1,")],
-                      "e.jsonl is not valid JSON"),
-    "batch size 0": (lambda d: [_write(d / "qa.jsonl", QA_LINE), "--batch-size", "0"],
-                     "per_device_train_batch_size must be at least 1, got 0"),
-    "accumulation 0": (lambda d: [_write(d / "qa.jsonl", QA_LINE), "--gradient-accumulation-steps", "0"],
-                       "gradient_accumulation_steps must be at least 1"),
-    "max steps 0": (lambda d: [_write(d / "qa.jsonl", QA_LINE), "--max-steps", "0"], "max_steps must be positive"),
-    "epochs 0": (lambda d: [_write(d / "qa.jsonl", QA_LINE), "--epochs", "0"], "num_train_epochs must be positive"),
-    "learning rate -1": (lambda d: [_write(d / "qa.jsonl", QA_LINE), "--lr", "-1"], "learning_rate must be positive"),
-    "negative warmup": (lambda d: [_write(d / "qa.jsonl", QA_LINE), "--warmup-steps", "-5"],
-                        "warmup_steps must be at least 0"),
-    "logging steps 0": (lambda d: [_write(d / "qa.jsonl", QA_LINE), "--logging-steps", "0"],
-                        "logging_steps must be positive"),
-    "save steps 0": (lambda d: [_write(d / "qa.jsonl", QA_LINE), "--save-steps", "0"], "save_steps must be positive"),
-    "eval steps 0": (lambda d: [_write(d / "qa.jsonl", QA_LINE), "--eval-steps", "0"], "eval_steps must be positive"),
-    "keep 0 checkpoints": (lambda d: [_write(d / "qa.jsonl", QA_LINE), "--save-total-limit", "0"],
-                           "save_total_limit must be at least 1"),
-    "context budget 0": (lambda d: [_write(d / "qa.jsonl", QA_LINE), "--max-context-tokens", "0"],
-                         "max_context_tokens must be at least 1"),
-    "conversation budget -1": (lambda d: [_write(d / "qa.jsonl", QA_LINE), "--max-conversation-tokens", "-1"],
-                               "max_conversation_tokens must be at least 1"),
-    "eval fraction 1": (lambda d: [_write(d / "qa.jsonl", QA_LINE), "--eval-fraction", "1"],
-                        "eval_fraction must be in [0, 1)"),
-    "lora rank 0": (lambda d: [_write(d / "qa.jsonl", QA_LINE), "--lora-rank", "0"], "lora_rank and metalora_rank"),
-    "odd M2P depth": (lambda d: [_write(d / "qa.jsonl", QA_LINE), "--m2p-layers", "3"], "positive even number"),
-    "unknown dtype": (lambda d: [_write(d / "qa.jsonl", QA_LINE), "--backbone-dtype", "bf17"],
-                      "Unknown backbone dtype 'bf17'"),
+# Data files (name -> content, extra options, the problem the one-line error must name).
+DATA_ERRORS = {
+    "missing.jsonl": (None, [], "Data file not found"),
+    "malformed.jsonl": (QA_LINE + '\n{"context": "b", "question": ', [], "malformed.jsonl is not valid JSON or JSONL"),
+    "empty.jsonl": ("", [], "Empty data file"),
+    "blank.jsonl": ("\n\n", [], "holds no JSON records"),
+    "columns.jsonl": ('{"text": "x", "title": "y"}\n', [], "QA records need 'context'"),
+    "no_answer.jsonl": (QA_LINE + '\n{"context": "b", "question": "q"}\n', [], "QA record 1: a question has no answer"),
+    "no_text.jsonl": (QA_LINE, ["--stage", "pretrain"], "no 'text' column"),
+}
+# Options given with good data (extra options -> the problem the one-line error must name).
+OPTION_ERRORS = {
+    ("--batch-size", "0"): "per_device_train_batch_size must be at least 1, got 0",
+    ("--gradient-accumulation-steps", "0"): "gradient_accumulation_steps must be at least 1",
+    ("--max-steps", "0"): "max_steps must be positive",
+    ("--epochs", "0"): "num_train_epochs must be positive",
+    ("--lr", "-1"): "learning_rate must be positive",
+    ("--warmup-steps", "-5"): "warmup_steps must be at least 0",
+    ("--logging-steps", "0"): "logging_steps must be positive",
+    ("--save-steps", "0"): "save_steps must be positive",
+    ("--eval-steps", "0"): "eval_steps must be positive",
+    ("--save-total-limit", "0"): "save_total_limit must be at least 1",
+    ("--max-context-tokens", "0"): "max_context_tokens must be at least 1",
+    ("--max-conversation-tokens", "-1"): "max_conversation_tokens must be at least 1",
+    ("--eval-fraction", "1"): "eval_fraction must be in [0, 1)",
+    ("--lora-rank", "0"): "lora_rank and metalora_rank",
+    ("--m2p-layers", "3"): "positive even number",
+    ("--backbone-dtype", "bf17"): "Unknown backbone dtype 'bf17'",
+    ("--eval-data", "MALFORMED"): "eval.jsonl is not valid JSON",
 }
 
 
-@pytest.mark.parametrize("case", list(USER_ERRORS))
-def test_command_line_user_errors_are_one_line_before_any_model_work(tmp_path, case):
+def _one_line_error(tmp_path: Path, data: Path, options: list[str]) -> str:
+    """Run `shine train` with a backbone path that does not exist (so nothing may load a model
+    before the error), check it ends in one `Error: ...` line and exit code 1, return that line."""
     from typer.testing import CliRunner
 
-    arguments, problem = USER_ERRORS[case]
     result = CliRunner().invoke(app, ["train", "--backbone", str(tmp_path / "no-such-backbone"), "--output-dir",
-                                      str(tmp_path / "out"), "--data", *arguments(tmp_path)])
+                                      str(tmp_path / "out"), "--data", str(data), *options])
     assert result.exit_code == 1, (result.output, result.exception)
     assert isinstance(result.exception, SystemExit)  # no traceback: an exit, not an escaped exception
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
-    assert problem in lines[0]
     assert not (tmp_path / "out").exists()
+    return lines[0]
+
+
+@pytest.mark.parametrize("name", list(DATA_ERRORS))
+def test_unusable_data_is_a_one_line_error_before_any_model_work(tmp_path, name):
+    content, options, problem = DATA_ERRORS[name]
+    data = tmp_path / name
+    if content is not None:
+        data.write_text(content)
+    assert problem in _one_line_error(tmp_path, data, options)
+
+
+@pytest.mark.parametrize(("options", "problem"), list(OPTION_ERRORS.items()))
+def test_bad_options_are_one_line_errors_before_any_model_work(tmp_path, options, problem):
+    data = tmp_path / "qa.jsonl"
+    data.write_text(QA_LINE)
+    (tmp_path / "eval.jsonl").write_text("[1,")
+    options = [str(tmp_path / "eval.jsonl") if o == "MALFORMED" else o for o in options]
+    assert problem in _one_line_error(tmp_path, data, options)
 
 
 def test_train_needs_a_known_stage_and_a_backbone(tmp_path):
