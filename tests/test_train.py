@@ -10,6 +10,7 @@ import math
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -421,3 +422,25 @@ def test_train_needs_a_known_stage_and_a_backbone(tmp_path):
         train(data=records, output_dir=str(tmp_path))
     with pytest.raises(TrainingError, match="resume"):
         train(data=records, output_dir=str(tmp_path), resume_from_checkpoint=True)
+
+
+def test_the_train_command_module_defers_its_heavy_imports():
+    """Importing shine_hf/cli/train.py loads neither shine_hf.train nor transformers' TrainingArguments
+    (the options are generated when the command is built), so `shine` can register it lazily."""
+    code = textwrap.dedent(
+        """
+        import importlib.util, sys, types
+        import shine_hf
+        spec = importlib.util.find_spec("shine_hf.cli")  # the package without its command registration
+        package = types.ModuleType("shine_hf.cli")
+        package.__path__ = spec.submodule_search_locations
+        sys.modules["shine_hf.cli"] = package
+        import shine_hf.cli.train as command
+        print("transformers.training_args" in sys.modules, "shine_hf.train" in sys.modules)
+        command.build_train_command()
+        print("transformers.training_args" in sys.modules, "shine_hf.train" in sys.modules)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "False", "True", "True"]
