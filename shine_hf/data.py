@@ -47,6 +47,8 @@ from .modeling.prompting import EMPTY_THINK_BLOCK, question_prompt, render_chat
 __all__ = [
     "COMP_TOKEN",
     "IGNORE_INDEX",
+    "MAX_CONTEXT_TOKENS",
+    "MAX_CONVERSATION_TOKENS",
     "QA_FEATURES",
     "RECON_TOKEN",
     "SHINE_SPECIAL_TOKENS",
@@ -79,6 +81,10 @@ RECON_TOKEN = "<RECON>"
 COMP_TOKEN = "<COMP>"
 SHINE_SPECIAL_TOKENS = (RECON_TOKEN, COMP_TOKEN)
 IGNORE_INDEX = -100
+MAX_CONTEXT_TOKENS = 1024
+"""Default context budget in tokens (the reference's); longer contexts are cut, and counted."""
+MAX_CONVERSATION_TOKENS = 1024
+"""Default conversation budget in tokens; later turns are dropped to fit, and counted."""
 
 TOKENIZED_FEATURES = Features(
     {
@@ -374,8 +380,8 @@ def tokenize_records(
     records: Dataset,
     tokenizer: Any,
     *,
-    max_context_tokens: int | None = 1024,
-    max_conversation_tokens: int | None = 1024,
+    max_context_tokens: int | None = MAX_CONTEXT_TOKENS,
+    max_conversation_tokens: int | None = MAX_CONVERSATION_TOKENS,
     split_qa: bool = False,
     shuffle_qa: bool = False,
     seed: int = 0,
@@ -499,8 +505,8 @@ def pack_records(
     records: Dataset,
     tokenizer: Any,
     *,
-    max_context_tokens: int | None = 1024,
-    max_conversation_tokens: int | None = 1024,
+    max_context_tokens: int | None = MAX_CONTEXT_TOKENS,
+    max_conversation_tokens: int | None = MAX_CONVERSATION_TOKENS,
     separator: str = "\n\n",
     batch_size: int = 1000,
 ) -> Dataset:
@@ -636,8 +642,8 @@ def build_pretraining_dataset(
     recon_prob: float = 0.5,
     completion_range: tuple[float, float] = (0.7, 0.9),
     seed: int = 0,
-    max_context_tokens: int | None = 1024,
-    max_conversation_tokens: int | None = 1024,
+    max_context_tokens: int | None = MAX_CONTEXT_TOKENS,
+    max_conversation_tokens: int | None = MAX_CONVERSATION_TOKENS,
     pack_contexts: bool = False,
 ) -> tuple[Dataset, DataStats]:
     """Tokenized pretraining samples from any text source (see ``load_text_dataset``).
@@ -666,8 +672,8 @@ def build_qa_dataset(
     split_qa: bool = False,
     shuffle_qa: bool = False,
     seed: int = 0,
-    max_context_tokens: int | None = 1024,
-    max_conversation_tokens: int | None = 1024,
+    max_context_tokens: int | None = MAX_CONTEXT_TOKENS,
+    max_conversation_tokens: int | None = MAX_CONVERSATION_TOKENS,
     pack_contexts: bool = False,
 ) -> tuple[Dataset, DataStats]:
     """Tokenized instruction samples from QA records (see ``load_qa_dataset``); no system prompt.

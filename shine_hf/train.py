@@ -50,6 +50,16 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import IntervalStrategy, SchedulerType, get_last_checkpoint
 from transformers.training_args import OptimizerNames
 
+from .data import (
+    MAX_CONTEXT_TOKENS,
+    MAX_CONVERSATION_TOKENS,
+    ShineDataCollator,
+    add_shine_special_tokens,
+    load_qa_dataset,
+    load_text_dataset,
+    pretraining_records,
+    tokenize_records,
+)
 from .modeling import ShineConfig, ShineError, ShineForCausalLM
 from .modeling.checkpoint import WEIGHTS_INDEX_NAME, WEIGHTS_NAME, load_weights_into, resolve_weight_files
 from .modeling.modeling_shine import try_load_tokenizer
@@ -190,12 +200,13 @@ class ShineDataArguments:
     )
     text_column: str = field(default="text", metadata={"help": "Text field of JSON/JSONL pretraining data."})
     max_context_tokens: int | None = field(
-        default=1024,
+        default=MAX_CONTEXT_TOKENS,
         metadata={"help": "Context budget in tokens; longer contexts are cut (and never exceed the backbone's "
                           "positions minus the memory tokens)."},
     )
     max_conversation_tokens: int | None = field(
-        default=1024, metadata={"help": "Conversation budget in tokens; later turns are dropped to fit."}
+        default=MAX_CONVERSATION_TOKENS,
+        metadata={"help": "Conversation budget in tokens; later turns are dropped to fit."},
     )
     split_qa: bool = field(default=False, metadata={"help": "ift: one sample per QA pair instead of one per record."})
     shuffle_qa: bool = field(
@@ -398,8 +409,6 @@ class ShineTrainer(Trainer):
         if data_collator is None:
             if processing_class is None:
                 raise TrainingError("ShineTrainer needs a tokenizer: pass processing_class= or set model.tokenizer.")
-            from .data import ShineDataCollator
-
             data_collator = ShineDataCollator(processing_class)
         if args is not None and args.remove_unused_columns:
             logger.info("ShineTrainer sets remove_unused_columns=False (the SHINE collator selects its keys).")
@@ -692,8 +701,6 @@ def _data_source(data: Any) -> Any:
 def _load_records(data: Any, data_args: ShineDataArguments, seed: int, what: str) -> Any:
     """Raw records in the QA schema (pretraining: RECON/COMP records), before any model is loaded,
     so that bad data fails fast; an already tokenized `Dataset` passes through."""
-    from .data import load_qa_dataset, load_text_dataset, pretraining_records
-
     if _is_tokenized(data):
         return data
     source = _data_source(data)
@@ -708,8 +715,6 @@ def _load_records(data: Any, data_args: ShineDataArguments, seed: int, what: str
 
 def _tokenize(records: Any, tokenizer: Any, data_args: ShineDataArguments, max_context_tokens: int | None,
               seed: int, what: str) -> Any:
-    from .data import tokenize_records
-
     if _is_tokenized(records):
         return records
     qa_options = {}
@@ -869,8 +874,6 @@ def train(
         if tokenizer is None:
             raise TrainingError("No tokenizer found next to the checkpoint or the backbone: pass tokenizer=.")
     if data_args.stage == "pretrain":
-        from .data import add_shine_special_tokens
-
         add_shine_special_tokens(tokenizer)
 
     # 4. model

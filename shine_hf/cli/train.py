@@ -6,9 +6,10 @@ The options are generated from the argument dataclasses of `shine_hf.train`
 declared once. An option is `--field-name`, plus the field's `aliases` (`--from`) or those given
 here (`--batch-size`, `--lr`, `-o`, ...).
 
-Those dataclasses subclass `transformers.TrainingArguments`, so generating the options imports
-transformers and torch. This module therefore imports neither: `build_train_command()` builds the
-command on demand, and `train_command` (the built command) is created on first access.
+Those dataclasses subclass `transformers.TrainingArguments` (and `shine_hf.train` needs
+`datasets`), so generating the options imports transformers, torch and datasets. This module
+imports none of them: `build_train_command()` builds the command on demand, and `train_command`
+(the built command) is created on first access.
 """
 
 from __future__ import annotations
@@ -113,15 +114,13 @@ def _options() -> Iterator[_Option]:
 
 def _run(**values: Any) -> None:
     """Train with the parsed options; `ShineError`s end as one `Error: ...` line and exit code 1."""
-    from ..train import RichProgressCallback, TrainingError, parse_train_arguments, train
+    import datasets
 
+    from ..train import RichProgressCallback, parse_train_arguments, train
+
+    datasets.disable_progress_bars()
     values = {name: (value or None) if isinstance(value, (list, tuple)) else value for name, value in values.items()}
     with fail_cleanly():
-        try:
-            import datasets
-        except ImportError as error:
-            raise TrainingError("shine train needs the datasets library: pip install 'shine-hf[train]'.") from error
-        datasets.disable_progress_bars()
         model_args, data_args, training_args = parse_train_arguments({**values, "disable_tqdm": True})
         result = train(model_args, data_args, training_args, callbacks=[RichProgressCallback(console=console)])
     if result.trainer.is_world_process_zero():
