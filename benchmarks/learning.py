@@ -37,8 +37,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from shine_hf import ShineForCausalLM
 from shine_hf.assets import FACTS_BACKBONE, FACTS_CONTEXT_TEMPLATE, FACTS_DATA
-from shine_hf.data import fact_attribute, synthetic_facts, synthetic_facts_about
 from shine_hf.evaluation import evaluate_qa, f1_by_question_type, with_other_contexts
+from shine_hf.testing.facts import fact_attribute, synthetic_facts, synthetic_facts_about
 from shine_hf.train import train
 
 
@@ -104,25 +104,24 @@ def train_hypernetwork(args, records, validation, out: Path, history: list, loss
     hyper = dict(lora_rank=args.lora_rank, metalora_rank=args.metalora_rank, m2p_num_layers=args.m2p_layers,
                  lora_scale=args.scale)
     print(f"train records {len(records)}, hypernetwork config {hyper}", flush=True)
-    common = dict(tokenizer=tokenizer, learning_rate=args.lr, warmup_steps=100, max_warmup_fraction=0.1,
-                  gradient_accumulation_steps=1, per_device_train_batch_size=args.batch_size, max_steps=100_000,
-                  logging_steps=10, save_steps=100_000, report_to="none", seed=args.seed,
-                  training_args={"disable_tqdm": True, "save_strategy": "no", "dataloader_num_workers": 0})
+    common = dict(backbone=backbone, tokenizer=tokenizer, learning_rate=args.lr, warmup_steps=100,
+                  max_warmup_fraction=0.1, gradient_accumulation_steps=1, per_device_train_batch_size=args.batch_size,
+                  max_steps=100_000, logging_steps=10, save_strategy="no", report_to="none", seed=args.seed,
+                  disable_tqdm=True, dataloader_num_workers=0)
     from_checkpoint = None
     pretrain_steps = 0
     if args.pretrain_minutes > 0:
         texts = Dataset.from_dict({"text": list(records["context"])})
         cb = BudgetAndEval(args.pretrain_minutes, 0, None, "pretrain", history, 0.0)
-        result = train(backbone, texts, output_dir=out / "pretrain", stage="pretrain", hypernetwork_config=hyper,
-                       callbacks=[cb], **common)
+        result = train(data=texts, output_dir=str(out / "pretrain"), stage="pretrain", callbacks=[cb], **hyper,
+                       **common)
         losses += loss_points(result.trainer, "pretrain (RECON/COMP)")
         pretrain_steps = result.trainer.state.global_step
-        from_checkpoint = out / "pretrain"
+        from_checkpoint = str(out / "pretrain")
         print(f"pretraining: {pretrain_steps} steps, final loss {losses[-1]['loss'] if losses else 'n/a'}", flush=True)
     cb = BudgetAndEval(args.minutes, args.eval_every, validation, "ift", history, args.pretrain_minutes)
-    result = train(backbone, records, output_dir=out, stage="ift", shuffle_qa=not args.keep_qa_order,
-                   hypernetwork_config=None if from_checkpoint else hyper, from_checkpoint=from_checkpoint,
-                   callbacks=[cb], **common)
+    result = train(data=records, output_dir=str(out), stage="ift", shuffle_qa=not args.keep_qa_order,
+                   from_checkpoint=from_checkpoint, callbacks=[cb], **({} if from_checkpoint else hyper), **common)
     losses += loss_points(result.trainer, "instruction tuning (QA)", pretrain_steps)
     steps.update(ift=result.trainer.state.global_step, pretrain=pretrain_steps)
     return result.model

@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM
 
 from shine_hf import ShineAdapter, ShineForCausalLM
 from shine_hf.assets import FACTS_BACKBONE, FACTS_CONTEXT_TEMPLATE, FACTS_DATA, FACTS_SHINE
-from shine_hf.data import synthetic_facts
+from shine_hf.testing.facts import synthetic_facts
 
 
 def main() -> None:

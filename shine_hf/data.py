@@ -1,4 +1,4 @@
-"""Training data for SHINE hypernetworks: pretraining mix, QA instruction data, collator, toy facts.
+"""Training data for SHINE hypernetworks: pretraining mix, QA instruction data, collator.
 
 Every training sample pairs a *context* (the document the hypernetwork reads) with a
 *conversation* (what the backbone sees, with the generated LoRA, while the loss is computed):
@@ -11,12 +11,13 @@ Every training sample pairs a *context* (the document the hypernetwork reads) wi
   (``question_prompt`` for the first turn, the rendered history + next user turn afterwards).
 - ``length``: context + conversation tokens, for ``group_by_length`` style samplers.
 
-Sources: any text corpus for the pretraining mix (DESIGN.md section 2: reconstruction samples
-``<RECON>`` and completion samples ``<COMP>``) and QA records (``context`` with
+Sources: any text corpus for the pretraining mix (reconstruction samples ``<RECON>`` and
+completion samples ``<COMP>``, see docs/training.md) and QA records (``context`` with
 ``question``/``answer`` or ``questions``/``answers``, SQuAD ``answers: {"text": [...]}`` too) for
-instruction fine-tuning. ``synthetic_facts`` makes a toy QA set about invented people whose facts
-exist only in their documents. ``ShineDataCollator`` pads a list of samples into the batch dict the
-model's training forward takes.
+instruction fine-tuning. ``ShineDataCollator`` pads a list of samples into the batch dict the
+model's training forward takes. Data that cannot be used (a missing or malformed file, missing
+columns, a question without an answer) raises ``DataError`` naming the problem. A toy QA set
+about invented people lives in ``shine_hf.testing.facts``.
 
 Long samples are truncated to ``max_context_tokens`` / ``max_conversation_tokens``; every
 truncation is counted in a ``DataStats`` object that the ``build_*`` functions return and log.
@@ -24,33 +25,37 @@ truncation is counted in a ``DataStats`` object that the ``build_*`` functions r
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import random
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
-from datasets import Dataset, DatasetDict, Features, List, Value, concatenate_datasets
+from datasets import Dataset, Features, List, Value, concatenate_datasets
+from datasets.exceptions import DatasetGenerationError
 
+from .modeling import ShineError
+from .modeling.modeling_shine import pad_token_ids
 from .modeling.prompting import EMPTY_THINK_BLOCK, question_prompt, render_chat
 
 __all__ = [
-    "CITIES",
-    "COMPANIES",
     "COMP_TOKEN",
-    "FACT_TEMPLATES",
     "IGNORE_INDEX",
-    "ONE_TOKEN_NAMES",
+    "MAX_CONTEXT_TOKENS",
+    "MAX_CONVERSATION_TOKENS",
     "QA_FEATURES",
     "RECON_TOKEN",
     "SHINE_SPECIAL_TOKENS",
     "TOKENIZED_FEATURES",
     "ChatFormat",
+    "DataError",
+    "DataNotFoundError",
     "DataStats",
     "ShineDataCollator",
     "TokenizedConversation",
@@ -59,15 +64,12 @@ __all__ = [
     "build_qa_dataset",
     "chat_format",
     "completion_context",
-    "fact_attribute",
     "load_qa_dataset",
     "load_text_dataset",
     "pack_records",
     "pretraining_records",
     "shuffle_qa_pairs",
     "split_qa_records",
-    "synthetic_facts",
-    "synthetic_facts_about",
     "tokenize_context",
     "tokenize_conversation",
     "tokenize_records",
@@ -79,6 +81,10 @@ RECON_TOKEN = "<RECON>"
 COMP_TOKEN = "<COMP>"
 SHINE_SPECIAL_TOKENS = (RECON_TOKEN, COMP_TOKEN)
 IGNORE_INDEX = -100
+MAX_CONTEXT_TOKENS = 1024
+"""Default context budget in tokens (the reference's); longer contexts are cut, and counted."""
+MAX_CONVERSATION_TOKENS = 1024
+"""Default conversation budget in tokens; later turns are dropped to fit, and counted."""
 
 TOKENIZED_FEATURES = Features(
     {
@@ -95,6 +101,14 @@ QA_FEATURES = Features(
         "answers": List(Value("string")),
     }
 )
+
+
+class DataError(ShineError, ValueError):
+    """Data that cannot be used: malformed JSON, no records, missing columns, a question without an answer."""
+
+
+class DataNotFoundError(DataError, FileNotFoundError):
+    """A data file or directory does not exist, or a directory holds no data file."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -221,35 +235,35 @@ def tokenize_conversation(
     answers: Sequence[str],
     max_tokens: int | None = None,
     fmt: ChatFormat | None = None,
+    system_prompt: str | None = None,
 ) -> TokenizedConversation:
     """Tokenize question/answer turns as the backbone sees them, with assistant-only labels.
 
     Turn i contributes the text that the generation prompt for question i adds to the rendered
-    history of turns < i (for i = 0 exactly ``question_prompt(tokenizer, q)``), then
+    history of turns < i (for i = 0 exactly ``question_prompt(tokenizer, q, system_prompt)``), then
     ``answer_prefix + answer + end_of_turn``. Prompts and answers are tokenized separately
     (``add_special_tokens=False``), so the prompt tokens are the ones inference feeds the model.
-    Questions and answers are stripped of surrounding whitespace.
+    Questions and answers are stripped of surrounding whitespace. SHINE samples have no system
+    prompt; ``system_prompt`` serves backbones trained on the baselines' prompts.
 
     Truncation to ``max_tokens`` happens at turn boundaries: later turns are dropped. Only when the
     first turn alone does not fit is its answer cut short (possibly to nothing).
     """
     if len(questions) != len(answers):
-        raise ValueError(f"{len(questions)} questions but {len(answers)} answers.")
+        raise DataError(f"{len(questions)} questions but {len(answers)} answers.")
     fmt = fmt or chat_format(tokenizer)
     input_ids: list[int] = []
     labels: list[int] = []
-    history: list[dict[str, str]] = []
+    history: list[dict[str, str]] = [{"role": "system", "content": system_prompt}] if system_prompt else []
     rendered = ""
     for turn, (question, answer) in enumerate(zip(questions, answers, strict=True)):
         question, answer = question.strip(), answer.strip()
-        if history:
+        if turn:
             prompt = render_chat(tokenizer, [*history, {"role": "user", "content": question}], True)
         else:
-            prompt = question_prompt(tokenizer, question)
+            prompt = question_prompt(tokenizer, question, system_prompt)
         if not prompt.startswith(rendered):
-            raise ValueError(
-                "The chat template renders earlier turns differently in later prompts."
-            )
+            raise ValueError("The chat template renders earlier turns differently in later prompts.")
         prompt_ids = _encode(tokenizer, prompt[len(rendered) :])
         answer_text = fmt.answer_prefix + answer + fmt.end_of_turn
         answer_ids = _encode(tokenizer, answer_text)
@@ -366,8 +380,8 @@ def tokenize_records(
     records: Dataset,
     tokenizer: Any,
     *,
-    max_context_tokens: int | None = 1024,
-    max_conversation_tokens: int | None = 1024,
+    max_context_tokens: int | None = MAX_CONTEXT_TOKENS,
+    max_conversation_tokens: int | None = MAX_CONVERSATION_TOKENS,
     split_qa: bool = False,
     shuffle_qa: bool = False,
     seed: int = 0,
@@ -491,8 +505,8 @@ def pack_records(
     records: Dataset,
     tokenizer: Any,
     *,
-    max_context_tokens: int | None = 1024,
-    max_conversation_tokens: int | None = 1024,
+    max_context_tokens: int | None = MAX_CONTEXT_TOKENS,
+    max_conversation_tokens: int | None = MAX_CONVERSATION_TOKENS,
     separator: str = "\n\n",
     batch_size: int = 1000,
 ) -> Dataset:
@@ -599,7 +613,7 @@ def pretraining_records(
 ) -> Dataset:
     """Pretraining records in the QA schema, plus a ``kind`` column (``recon`` / ``comp``).
 
-    Per text (DESIGN.md section 2): with probability ``recon_prob`` a reconstruction record
+    Per text (the SHINE pretraining mix, docs/training.md): with probability ``recon_prob`` a reconstruction record
     (context = text, question ``<RECON>``, answer = text), else a completion record (context =
     the first fraction of the words, fraction uniform in ``completion_range``; question ``<COMP>``;
     answer = the whole text). Texts without words are skipped. The draw for row i depends only on
@@ -628,8 +642,8 @@ def build_pretraining_dataset(
     recon_prob: float = 0.5,
     completion_range: tuple[float, float] = (0.7, 0.9),
     seed: int = 0,
-    max_context_tokens: int | None = 1024,
-    max_conversation_tokens: int | None = 1024,
+    max_context_tokens: int | None = MAX_CONTEXT_TOKENS,
+    max_conversation_tokens: int | None = MAX_CONVERSATION_TOKENS,
     pack_contexts: bool = False,
 ) -> tuple[Dataset, DataStats]:
     """Tokenized pretraining samples from any text source (see ``load_text_dataset``).
@@ -658,8 +672,8 @@ def build_qa_dataset(
     split_qa: bool = False,
     shuffle_qa: bool = False,
     seed: int = 0,
-    max_context_tokens: int | None = 1024,
-    max_conversation_tokens: int | None = 1024,
+    max_context_tokens: int | None = MAX_CONTEXT_TOKENS,
+    max_conversation_tokens: int | None = MAX_CONVERSATION_TOKENS,
     pack_contexts: bool = False,
 ) -> tuple[Dataset, DataStats]:
     """Tokenized instruction samples from QA records (see ``load_qa_dataset``); no system prompt.
@@ -688,25 +702,81 @@ _TEXT_SUFFIXES = (".txt",)
 
 def _expand_paths(source: str | Path | Sequence[str | Path]) -> list[Path]:
     items = [source] if isinstance(source, (str, Path)) else list(source)
+    if not items:
+        raise DataNotFoundError("No data files given.")
     paths: list[Path] = []
     for item in map(Path, items):
         if item.is_dir():
             found = sorted(p for p in item.iterdir() if p.suffix in _JSON_SUFFIXES + _TEXT_SUFFIXES)
             if not found:
-                raise FileNotFoundError(f"No .txt/.json/.jsonl files in {item}.")
+                raise DataNotFoundError(f"No .txt/.json/.jsonl files in {item}.")
             paths += found
         elif item.is_file():
             paths.append(item)
         else:
-            raise FileNotFoundError(item)
+            raise DataNotFoundError(f"Data file not found: {item}.")
+    empty = [str(p) for p in paths if p.stat().st_size == 0]
+    if empty:
+        raise DataError(f"Empty data file: {', '.join(empty)}.")
     return paths
 
 
-def _json_dataset(paths: list[Path], cache_dir: str | None) -> Dataset:
-    return Dataset.from_json([str(p) for p in paths], cache_dir=cache_dir)
+@contextlib.contextmanager
+def _datasets_json_errors_silenced() -> Iterator[None]:
+    """Drop the datasets JSON loader's own error log lines: the `DataError` raised instead names the
+    file and the problem, on one line."""
+    json_logger = logging.getLogger("datasets.packaged_modules.json.json")
+
+    def below_error(record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR
+
+    json_logger.addFilter(below_error)
+    try:
+        yield
+    finally:
+        json_logger.removeFilter(below_error)
 
 
-def _text_column(dataset: Dataset, text_column: str) -> Dataset:
+def _read_files(paths: list[Path], kind: Literal["json", "text"], cache_dir: str | None) -> Dataset:
+    """One dataset from JSON/JSONL or text files, read one by one so an error can name its file."""
+    parts = []
+    for path in paths:
+        try:
+            with _datasets_json_errors_silenced():
+                if kind == "json":
+                    parts.append(Dataset.from_json(str(path), cache_dir=cache_dir))
+                else:
+                    parts.append(Dataset.from_text(str(path), cache_dir=cache_dir))
+        except DatasetGenerationError as error:
+            cause = " ".join(str(error.__cause__ or error).split())
+            what = "valid JSON or JSONL" if kind == "json" else "readable text"
+            raise DataError(f"{path} is not {what}: {cause}") from error
+        except (StopIteration, ValueError) as error:  # e.g. a JSONL file of blank lines
+            raise DataError(f"{path} holds no {kind.upper()} records.") from error
+    if len(parts) == 1:
+        return parts[0]
+    try:
+        return concatenate_datasets(parts)
+    except ValueError as error:
+        raise DataError(f"The data files {', '.join(map(str, paths))} have different columns or types.") from error
+
+
+def _origin(source: Any) -> str:
+    """How an error names the data: its path(s), or "The dataset"."""
+    if isinstance(source, Dataset):
+        return "The dataset"
+    if isinstance(source, (str, Path)):
+        return str(source)
+    return ", ".join(map(str, source))
+
+
+def _text_column(dataset: Dataset, text_column: str, origin: str) -> Dataset:
+    if text_column not in dataset.column_names:
+        raise DataError(f"{origin} has no {text_column!r} column (its columns: {', '.join(dataset.column_names)}); "
+                        "name the text column with text_column / --text-column.")
+    feature = dataset.features[text_column]
+    if getattr(feature, "dtype", None) not in ("string", "large_string"):
+        raise DataError(f"The {text_column!r} column of {origin} holds {feature}, not text.")
     dataset = dataset.select_columns([text_column])
     return dataset if text_column == "text" else dataset.rename_column(text_column, "text")
 
@@ -724,53 +794,67 @@ def load_text_dataset(
     each record), plain ``.txt`` files, a directory of such files, or a list of paths. For
     ``.txt`` files (``text_column`` unused), ``document_per="line"`` makes every non-empty line a
     document; ``document_per="file"`` makes every file one document. JSON and text files cannot be
-    mixed.
+    mixed. Raises ``DataError`` (``DataNotFoundError`` for missing paths) for data it cannot use.
     """
+    origin = _origin(path_or_dataset)
     if isinstance(path_or_dataset, Dataset):
-        dataset = _text_column(path_or_dataset, text_column)
+        dataset = _text_column(path_or_dataset, text_column, origin)
     else:
         paths = _expand_paths(path_or_dataset)
         kinds = {p.suffix in _JSON_SUFFIXES for p in paths}
         if len(kinds) > 1:
-            raise ValueError("Pass either JSON/JSONL files or text files, not both.")
+            raise DataError("Pass either JSON/JSONL files or text files, not both.")
         if kinds == {True}:
-            dataset = _text_column(_json_dataset(paths, cache_dir), text_column)
+            dataset = _text_column(_read_files(paths, "json", cache_dir), text_column, origin)
         elif document_per == "file":
             dataset = Dataset.from_dict({"text": [p.read_text(encoding="utf-8") for p in paths]})
         elif document_per == "line":
-            dataset = Dataset.from_text([str(p) for p in paths], cache_dir=cache_dir)
+            dataset = _read_files(paths, "text", cache_dir)
         else:
             raise ValueError(f"document_per must be 'line' or 'file', not {document_per!r}.")
     return dataset.filter(lambda t: bool(t and t.strip()), input_columns="text", num_proc=None)
 
 
-def _first_answer(answer: Any) -> str:
+def _first_answer(answer: Any, index: int) -> str:
     """The first reference of an answer given as a string, a list, or a SQuAD dict."""
     if isinstance(answer, Mapping):
-        answer = answer["text"]
+        answer = answer.get("text")
     if isinstance(answer, (list, tuple)):
         if not answer:
-            raise ValueError("An answer has no reference text.")
-        return _first_answer(answer[0])
+            raise DataError(f"QA record {index}: an answer has no reference text.")
+        return _first_answer(answer[0], index)
+    if answer is None:
+        raise DataError(f"QA record {index}: a question has no answer.")
     return str(answer)
 
 
-def _normalize_qa_record(record: Mapping[str, Any]) -> dict[str, Any]:
+def _normalize_qa_record(record: Mapping[str, Any], index: int) -> dict[str, Any]:
+    if not isinstance(record.get("context"), str):
+        raise DataError(f"QA record {index} has no context text.")
     if record.get("questions") is not None:
         questions = list(record["questions"])
-        answers = record["answers"]
+        answers = record.get("answers")
         if isinstance(answers, Mapping):  # columnar SQuAD-style {"text": [...]} per question
-            answers = answers["text"]
-        answers = [_first_answer(a) for a in answers]
+            answers = answers.get("text")
+        if answers is None:
+            raise DataError(f"QA record {index} has questions but no answers.")
+        answers = [_first_answer(a, index) for a in answers]
     elif record.get("question") is not None:
         questions = [record["question"]]
-        answer = record["answer"] if record.get("answer") is not None else record["answers"]
-        answers = [_first_answer(answer)]
+        answer = record["answer"] if record.get("answer") is not None else record.get("answers")
+        answers = [_first_answer(answer, index)]
     else:
-        raise ValueError("A QA record needs 'question' or 'questions'.")
+        raise DataError(f"QA record {index} has no question: it needs 'question' or 'questions'.")
     if len(questions) != len(answers):
-        raise ValueError(f"A QA record has {len(questions)} questions and {len(answers)} answers.")
+        raise DataError(f"QA record {index} has {len(questions)} questions and {len(answers)} answers.")
     return {"context": record["context"], "questions": questions, "answers": answers}
+
+
+def _check_qa_columns(dataset: Dataset, origin: str) -> None:
+    columns = set(dataset.column_names)
+    if "context" not in columns or not columns & {"question", "questions"} or not columns & {"answer", "answers"}:
+        raise DataError(f"{origin} has the columns {', '.join(sorted(columns)) or '(none)'}; QA records need "
+                        "'context', 'question' or 'questions', and 'answer' or 'answers'.")
 
 
 def load_qa_dataset(
@@ -784,14 +868,22 @@ def load_qa_dataset(
     has ``context`` and either ``question`` + ``answer`` / ``answers`` (SQuAD-style
     ``{"text": [...]}`` or a list of references: the first is used) or ``questions`` + ``answers``
     (one answer per question, each a string, a reference list or a SQuAD dict). Other columns are
-    dropped.
+    dropped. Raises ``DataError`` (``DataNotFoundError`` for missing paths) for data it cannot use:
+    malformed JSON, missing columns, a question without an answer, ...
     """
+    origin = _origin(path_or_dataset)
     if isinstance(path_or_dataset, Dataset):
         dataset = path_or_dataset
     else:
-        dataset = _json_dataset(_expand_paths(path_or_dataset), cache_dir)
+        paths = _expand_paths(path_or_dataset)
+        not_json = [str(p) for p in paths if p.suffix not in _JSON_SUFFIXES]
+        if not_json:
+            raise DataError(f"QA records are read from JSON or JSONL files, not {', '.join(not_json)}.")
+        dataset = _read_files(paths, "json", cache_dir)
+    _check_qa_columns(dataset, origin)
     return dataset.map(
         _normalize_qa_record,
+        with_indices=True,
         remove_columns=dataset.column_names,
         features=QA_FEATURES,
         num_proc=None,
@@ -810,7 +902,8 @@ class ShineDataCollator:
     The batch holds exactly ``context_input_ids``, ``context_attention_mask``, ``input_ids``,
     ``attention_mask`` and ``labels`` (LongTensors); other sample keys (e.g. ``length``) are
     ignored. Ids are padded with the tokenizer's pad id (its EOS id if it has none), labels with
-    ``IGNORE_INDEX``. ``pad_to_multiple_of`` rounds both sequence lengths up.
+    ``IGNORE_INDEX``, by the model's own ``pad_token_ids``. ``pad_to_multiple_of`` rounds both
+    sequence lengths up.
     """
 
     def __init__(self, tokenizer: Any, pad_to_multiple_of: int | None = None) -> None:
@@ -822,268 +915,24 @@ class ShineDataCollator:
         self.pad_token_id = int(pad_id)
         self.pad_to_multiple_of = pad_to_multiple_of
 
-    def _width(self, sequences: Sequence[Sequence[int]]) -> int:
-        width = max(len(s) for s in sequences)
+    def _pad(self, sequences: Sequence[Sequence[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:
+        ids, mask = pad_token_ids(sequences, pad_id=value)
         multiple = self.pad_to_multiple_of
-        if multiple:
-            width = -(-width // multiple) * multiple
-        return width
-
-    def _pad(self, sequences: Sequence[Sequence[int]], value: int, width: int) -> torch.Tensor:
-        out = torch.full((len(sequences), width), value, dtype=torch.long)
-        for row, seq in enumerate(sequences):
-            out[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
-        return out
-
-    def _mask(self, sequences: Sequence[Sequence[int]], width: int) -> torch.Tensor:
-        lengths = torch.tensor([len(s) for s in sequences])
-        return (torch.arange(width)[None, :] < lengths[:, None]).long()
+        if multiple and ids.shape[1] % multiple:
+            extra = multiple - ids.shape[1] % multiple
+            ids = torch.nn.functional.pad(ids, (0, extra), value=value)
+            mask = torch.nn.functional.pad(mask, (0, extra), value=0)
+        return ids, mask
 
     def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         """Collate ``features`` (each with ``context_input_ids``, ``input_ids``, ``labels``)."""
-        contexts = [f["context_input_ids"] for f in features]
-        inputs = [f["input_ids"] for f in features]
-        labels = [f["labels"] for f in features]
-        context_width, input_width = self._width(contexts), self._width(inputs)
+        context_ids, context_mask = self._pad([f["context_input_ids"] for f in features], self.pad_token_id)
+        input_ids, attention_mask = self._pad([f["input_ids"] for f in features], self.pad_token_id)
+        labels, _ = self._pad([f["labels"] for f in features], IGNORE_INDEX)
         return {
-            "context_input_ids": self._pad(contexts, self.pad_token_id, context_width),
-            "context_attention_mask": self._mask(contexts, context_width),
-            "input_ids": self._pad(inputs, self.pad_token_id, input_width),
-            "attention_mask": self._mask(inputs, input_width),
-            "labels": self._pad(labels, IGNORE_INDEX, input_width),
+            "context_input_ids": context_ids,
+            "context_attention_mask": context_mask,
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": labels,
         }
-
-
-# --------------------------------------------------------------------------------------------
-# Synthetic facts about invented people
-# --------------------------------------------------------------------------------------------
-
-_NAME_SYLLABLES = (
-    "ka", "lo", "mi", "ta", "ve", "ri", "zo", "bu", "ne", "sa", "du", "fe", "go", "pi",
-)  # fmt: skip
-_FIRST_ENDINGS = ("n", "l", "ra", "th", "ne")
-_LAST_ENDINGS = ("vik", "dor", "mund", "vey", "quist")
-_PLACE_ONSETS = ("Tar", "Vel", "Qor", "Brin", "Dus", "Kel", "Mor", "Zan", "Hul", "Frey")
-_PLACE_ENDINGS = ("sk", "vor", "mar", "dun", "eth")
-_COMPANY_ONSETS = ("Ox", "Trel", "Quan", "Vex", "Plor", "Zim", "Drav", "Kest")
-_COMPANY_ENDINGS = ("tek", "cor", "ware", "lux")
-PROFESSIONS = (
-    "baker", "pilot", "chemist", "tailor", "farmer", "nurse", "librarian", "carpenter",
-    "painter", "sailor", "teacher", "dentist", "jeweler", "plumber", "banker", "potter",
-)  # fmt: skip
-MONTHS = (
-    "January", "February", "March", "April", "May", "June",
-    "July", "August", "September", "October", "November", "December",
-)  # fmt: skip
-
-
-def _one_token_names() -> tuple[str, ...]:
-    words = [
-        (a + b + c).capitalize()
-        for a in _NAME_SYLLABLES
-        for b in _NAME_SYLLABLES
-        for c in _NAME_SYLLABLES
-        if len({a, b, c}) == 3
-    ]
-    random.Random(1931).shuffle(words)
-    return tuple(words[:1000])
-
-
-ONE_TOKEN_NAMES = _one_token_names()
-"""1000 invented one-word names (three syllables); fixed across versions and seeds."""
-CITIES = tuple(a + b for a in _PLACE_ONSETS for b in _PLACE_ENDINGS)
-COMPANIES = tuple(a + b for a in _COMPANY_ONSETS for b in _COMPANY_ENDINGS)
-
-# (sentence template, its (question, answer) templates); fields of _entity_facts.
-FACT_TEMPLATES: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
-    ("{name} was born on {birth_date}.", (("When was {name} born?", "{birth_date}"),)),
-    ("{name} lives in {city}.", (("Where does {name} live?", "{city}"),)),
-    ("{name} works as a {profession}.", (("What does {name} work as?", "{profession}"),)),
-    ("{name} is {height} cm tall.", (("How tall is {name}?", "{height} cm"),)),
-    (
-        "{name} founded {company}, which has {employees} employees.",
-        (
-            ("Which company did {name} found?", "{company}"),
-            ("How many employees does {company} have?", "{employees}"),
-        ),
-    ),
-)
-
-
-def _full_names(rng: random.Random, count: int) -> list[str]:
-    names: set[str] = set()
-    while len(names) < count:
-        first = "".join(rng.choices(_NAME_SYLLABLES, k=2)) + rng.choice(_FIRST_ENDINGS)
-        last = "".join(rng.choices(_NAME_SYLLABLES, k=2)) + rng.choice(_LAST_ENDINGS)
-        names.add(f"{first.capitalize()} {last.capitalize()}")
-    return sorted(names)
-
-
-def _entity_facts(name: str, company: str, rng: random.Random) -> dict[str, str]:
-    return {
-        "name": name,
-        "birth_date": f"{rng.randint(1, 28)} {rng.choice(MONTHS)} {rng.randint(1900, 1999)}",
-        "city": rng.choice(CITIES),
-        "profession": rng.choice(PROFESSIONS),
-        "height": str(rng.randint(150, 199)),
-        "company": company,
-        "employees": str(rng.randint(11, 989)),
-    }
-
-
-def _document(
-    names: Sequence[str],
-    rng: random.Random,
-    questions_per_entity: int | None,
-    shuffle_sentences: bool,
-) -> dict[str, Any]:
-    sentences: list[str] = []
-    qa_pairs: list[tuple[str, str]] = []
-    companies = rng.sample(COMPANIES, len(names))
-    for name, company in zip(names, companies, strict=True):
-        facts = _entity_facts(name, company, rng)
-        entity_qa = []
-        for sentence, qa_templates in FACT_TEMPLATES:
-            sentences.append(sentence.format(**facts))
-            entity_qa += [(q.format(**facts), a.format(**facts)) for q, a in qa_templates]
-        if questions_per_entity is not None:
-            picked = sorted(
-                rng.sample(range(len(entity_qa)), min(questions_per_entity, len(entity_qa)))
-            )
-            entity_qa = [entity_qa[i] for i in picked]
-        qa_pairs += entity_qa
-    if shuffle_sentences:
-        rng.shuffle(sentences)
-    return {
-        "context": " ".join(sentences),
-        "questions": [q for q, _ in qa_pairs],
-        "answers": [a for _, a in qa_pairs],
-        "entities": list(names),
-    }
-
-
-def _split_sizes(total: int, fractions: Sequence[float]) -> list[int]:
-    if len(fractions) != 3 or any(f <= 0 for f in fractions):
-        raise ValueError(
-            "split_fractions needs three positive fractions (train, validation, test)."
-        )
-    scale = sum(fractions)
-    validation = max(1, round(total * fractions[1] / scale))
-    test = max(1, round(total * fractions[2] / scale))
-    train = total - validation - test
-    if train < 1:
-        raise ValueError(f"{total} entities are too few for three splits.")
-    return [train, validation, test]
-
-
-def synthetic_facts(
-    num_entities: int,
-    seed: int = 0,
-    *,
-    entities_per_document: tuple[int, int] = (1, 2),
-    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
-    one_token_names: bool = False,
-    questions_per_entity: int | None = None,
-    shuffle_sentences: bool = False,
-) -> DatasetDict:
-    """A toy QA dataset about invented people whose facts exist only in their own documents.
-
-    Each entity (an invented name) gets a birth date, a city, a profession, a height and a company
-    with an employee count, written with the fixed sentence templates of ``FACT_TEMPLATES``; each
-    document describes 1 or 2 entities (``entities_per_document``, inclusive) and asks up to six
-    questions per entity ("When was X born?" → "12 May 1931", "Where does X live?" → "Tarsk", …),
-    every answer a substring of the document. Names, cities and companies are built from syllable
-    lists, so no real corpus knows these facts.
-
-    Args:
-        num_entities: Entities in all splits together (at least 3).
-        seed: Everything is deterministic given the seed.
-        entities_per_document: Inclusive range of entities per document.
-        split_fractions: Entity shares of train / validation / test; splits have DISJOINT
-            entities (every split gets at least one).
-        one_token_names: Draw one-word names from ``ONE_TOKEN_NAMES`` (at most 1000 entities),
-            so a word-level tokenizer gives every name (and city, company) a single token.
-            Otherwise names are two invented words ("Kalon Mitavik").
-        questions_per_entity: Keep this many randomly chosen QA pairs per entity (None: all six).
-        shuffle_sentences: Shuffle the sentences of each document.
-
-    Returns:
-        ``DatasetDict`` with ``train``/``validation``/``test``; columns ``context``, ``questions``,
-        ``answers`` (the QA schema of ``load_qa_dataset``) and ``entities`` (names described).
-    """
-    low, high = entities_per_document
-    if not 1 <= low <= high:
-        raise ValueError(f"Bad entities_per_document {entities_per_document}.")
-    rng = random.Random(seed)
-    if one_token_names:
-        if num_entities > len(ONE_TOKEN_NAMES):
-            raise ValueError(f"one_token_names allows at most {len(ONE_TOKEN_NAMES)} entities.")
-        names = rng.sample(ONE_TOKEN_NAMES, num_entities)
-    else:
-        names = _full_names(rng, num_entities)
-        rng.shuffle(names)
-    splits = {}
-    start = 0
-    for split, size in zip(
-        ("train", "validation", "test"), _split_sizes(num_entities, split_fractions), strict=True
-    ):
-        split_names, start = names[start : start + size], start + size
-        documents = []
-        position = 0
-        while position < len(split_names):
-            count = rng.randint(low, high)
-            group = split_names[position : position + count]
-            documents.append(_document(group, rng, questions_per_entity, shuffle_sentences))
-            position += count
-        splits[split] = Dataset.from_list(documents)
-    return DatasetDict(splits)
-
-
-def synthetic_facts_about(entities: Iterable[str], seeds: Iterable[int], **facts_kwargs: Any) -> Dataset:
-    """Fresh random facts about known entities: the documents of ``synthetic_facts(**facts_kwargs,
-    seed=s)`` for every seed ``s`` (all splits, in order) that describe only ``entities``.
-
-    More training documents about the training entities, without ever touching held-out ones."""
-    entities = set(entities)
-    parts = []
-    for seed in seeds:
-        for split in synthetic_facts(**{**facts_kwargs, "seed": seed}).values():
-            parts.append(split.filter(lambda described: set(described) <= entities, input_columns="entities"))
-    if not parts:
-        raise ValueError("synthetic_facts_about needs at least one seed.")
-    return concatenate_datasets(parts)
-
-
-def fact_attribute(question: str) -> str | None:
-    """Which attribute a ``synthetic_facts`` question asks for (``"birth_date"``, ``"city"``,
-    ``"profession"``, ``"height"``, ``"company"``, ``"employees"``), or None for any other text.
-
-    Lets evaluations report scores per question type."""
-    for pattern, attribute in _QUESTION_PATTERNS:
-        if pattern.fullmatch(question.strip()):
-            return attribute
-    return None
-
-
-def _question_patterns() -> tuple[tuple[re.Pattern[str], str], ...]:
-    patterns = []
-    for _, qa_templates in FACT_TEMPLATES:
-        for question, answer in qa_templates:
-            regex = re.sub(r"\\\{\w+\\\}", ".+?", re.escape(question))
-            patterns.append((re.compile(regex), re.search(r"\{(\w+)\}", answer).group(1)))
-    return tuple(patterns)
-
-
-_QUESTION_PATTERNS = _question_patterns()
-
-
-def _check_vocabularies_disjoint(groups: Iterable[Iterable[str]]) -> None:
-    seen: set[str] = set()
-    for group in groups:
-        group = set(group)
-        if seen & group:
-            raise AssertionError(f"Synthetic vocabularies overlap: {sorted(seen & group)[:5]}")
-        seen |= group
-
-
-_check_vocabularies_disjoint((ONE_TOKEN_NAMES, CITIES, COMPANIES))

@@ -100,7 +100,7 @@ def f1_by_question_type(
 ) -> dict[str, float]:
     """Mean F1 per question type of ``(question, reference, prediction)`` rows (what
     ``evaluate_qa(..., return_predictions=True)`` returns), sorted by type; questions whose type
-    is None count as ``"other"``. E.g. ``question_type=shine_hf.data.fact_attribute``."""
+    is None count as ``"other"``. E.g. ``question_type=shine_hf.testing.facts.fact_attribute``."""
     scores: dict[str, list[float]] = {}
     for question, reference, prediction in predictions:
         scores.setdefault(question_type(question) or "other", []).append(f1_score(prediction, reference))

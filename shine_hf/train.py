@@ -1,16 +1,24 @@
 """Training SHINE hypernetworks on `transformers.Trainer` (single process, DDP, FSDP, DeepSpeed).
 
-Three layers, from low to high:
+Hyper-parameters are declared once, as dataclasses in the manner of transformers' example scripts
+(`transformers.HfArgumentParser`); `train()`, the `shine train` command and docs/training.md all
+take their options and defaults from them:
+
+- `ShineModelArguments`: the backbone, the checkpoint to start from, the sizes of a new hypernetwork;
+- `ShineDataArguments`: data files, the stage (`pretrain` / `ift`) and how samples are built;
+- `ShineTrainingArguments`: a `TrainingArguments` with SHINE's reference defaults (AdamW, weight
+  decay 0.01, 2000 warmup steps capped at 10% of the run, clipping at 1.0, accumulation 4,
+  linear schedule, learning rate 5e-5 pretraining / 1e-5 instruction tuning).
+
+Above them:
 
 - `ShineTrainer`: a `transformers.Trainer` for `ShineForCausalLM`. The backbone is frozen; only the
   hypernetwork (memory tokens, meta-LoRA, M2P) is optimised. Checkpoints (`checkpoint-N/`) are
   ordinary shine-hf checkpoints (hypernetwork safetensors + config + code + tokenizer, loadable with
   `ShineForCausalLM.from_pretrained(dir, backbone=...)`) plus the Trainer's state (optimizer,
   scheduler, RNG, `trainer_state.json`); resuming loads only the hypernetwork.
-- `train(...)`: backbone + data in, trained checkpoint out, with the reference hyper-parameters of
-  DESIGN.md section 2 as defaults (AdamW, lr 5e-5 pretraining / 1e-5 instruction tuning, weight
-  decay 0.01, 2000 warmup steps capped at 10% of the run, grad clip 1.0, grad accumulation 4,
-  contexts of at most 1024 tokens).
+- `train(model_args, data_args, training_args)` (or `train(**fields)`): backbone + data in,
+  trained checkpoint out.
 
 Multi-process runs go through `accelerate launch` (see `examples/accelerate/` and
 `docs/training.md`).
@@ -18,17 +26,19 @@ Multi-process runs go through `accelerate launch` (see `examples/accelerate/` an
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 from transformers import (
     AutoModelForCausalLM,
+    HfArgumentParser,
     PreTrainedModel,
     Trainer,
     TrainerCallback,
@@ -36,10 +46,20 @@ from transformers import (
     TrainerState,
     TrainingArguments,
 )
-from transformers.optimization import get_scheduler
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import IntervalStrategy, SchedulerType, get_last_checkpoint
+from transformers.training_args import OptimizerNames
 
+from .data import (
+    MAX_CONTEXT_TOKENS,
+    MAX_CONVERSATION_TOKENS,
+    ShineDataCollator,
+    add_shine_special_tokens,
+    load_qa_dataset,
+    load_text_dataset,
+    pretraining_records,
+    tokenize_records,
+)
 from .modeling import ShineConfig, ShineError, ShineForCausalLM
 from .modeling.pretrained import (
     WEIGHTS_INDEX_NAME,
@@ -50,18 +70,17 @@ from .modeling.pretrained import (
     weight_files,
 )
 
-if TYPE_CHECKING:
-    from datasets import Dataset
-
 __all__ = [
-    "REFERENCE_HYPERPARAMETERS",
     "STAGE_LEARNING_RATES",
     "RichProgressCallback",
+    "ShineDataArguments",
+    "ShineModelArguments",
     "ShineTrainer",
+    "ShineTrainingArguments",
     "TrainResult",
     "TrainingError",
-    "build_training_arguments",
     "match_embeddings_to_tokenizer",
+    "parse_train_arguments",
     "train",
 ]
 
@@ -70,20 +89,7 @@ logger = logging.getLogger(__name__)
 Stage = Literal["pretrain", "ift"]
 
 STAGE_LEARNING_RATES: dict[str, float] = {"pretrain": 5e-5, "ift": 1e-5}
-"""Reference AdamW learning rates per stage (DESIGN.md section 2)."""
-
-REFERENCE_HYPERPARAMETERS: dict[str, Any] = {
-    "optimizer": "adamw_torch",
-    "weight_decay": 0.01,
-    "warmup_steps": 2000,
-    "max_warmup_fraction": 0.1,
-    "max_grad_norm": 1.0,
-    "gradient_accumulation_steps": 4,
-    "max_context_tokens": 1024,
-    "lr_scheduler_type": "linear",
-}
-"""The reference optimisation settings (DESIGN.md section 2) that `train` uses as defaults;
-`max_warmup_fraction` is ours (caps the warmup of short runs)."""
+"""The reference AdamW learning rate of each stage, used when no learning rate is given."""
 
 TRAINING_ARGS_NAME = "training_args.bin"
 SCHEDULER_NAME = "scheduler.pt"
@@ -91,7 +97,256 @@ _WRAPPER_PREFIXES = ("module.", "_orig_mod.", "_fsdp_wrapped_module.", "_checkpo
 
 
 class TrainingError(ShineError, ValueError):
-    """A training run cannot start: bad stage, missing data, no backbone or tokenizer, ..."""
+    """A training run cannot start: bad arguments, no data samples, no backbone or tokenizer, ..."""
+
+
+# --------------------------------------------------------------------------------------------
+# Arguments: declared once, read by train(), the `shine train` command and the docs
+# --------------------------------------------------------------------------------------------
+
+
+def _check_at_least(owner: object, names: Sequence[str], minimum: float, *, strict: bool = False,
+                    optional: bool = False) -> None:
+    """Raise a `TrainingError` naming the first field of `owner` below `minimum` (or equal to it when
+    `strict`); None passes when `optional`."""
+    for name in names:
+        value = getattr(owner, name)
+        if value is None and optional:
+            continue
+        if value is None or value < minimum or (strict and value == minimum):
+            bound = ("positive" if minimum == 0 else f"above {minimum:g}") if strict else f"at least {minimum:g}"
+            raise TrainingError(f"{name} must be {bound}, got {value}.")
+
+
+@dataclass
+class ShineModelArguments:
+    """Which backbone to adapt and which hypernetwork to start from (or the sizes of a new one).
+
+    From Python, `backbone` may also be a loaded causal LM and `tokenizer` a loaded tokenizer.
+    """
+
+    backbone: str | None = field(
+        default=None,
+        metadata={"help": "Hub id or local path of the frozen backbone (default: the one named by --from or the "
+                          "resumed checkpoint)."},
+    )
+    backbone_revision: str | None = field(default=None, metadata={"help": "Hub revision of the backbone."})
+    backbone_dtype: str | None = field(
+        default=None,
+        metadata={"help": "Load the backbone in this dtype (bfloat16, float16, float32 or auto); the hypernetwork "
+                          "stays float32."},
+    )
+    tokenizer: str | None = field(
+        default=None,
+        metadata={"help": "Tokenizer name or path (default: the one saved with the checkpoint or the backbone)."},
+    )
+    from_checkpoint: str | None = field(
+        default=None,
+        metadata={"help": "shine-hf checkpoint whose hypernetwork to start from, with a fresh optimizer and schedule "
+                          "(e.g. a pretraining checkpoint for instruction tuning).", "aliases": ["--from"]},
+    )
+    lora_rank: int | None = field(
+        default=None,
+        metadata={"help": f"New hypernetwork: rank r of the generated LoRA (default {ShineConfig.lora_rank})."},
+    )
+    metalora_rank: int | None = field(
+        default=None,
+        metadata={"help": f"New hypernetwork: meta-LoRA rank R (default {ShineConfig.metalora_rank})."},
+    )
+    m2p_num_layers: int | None = field(
+        default=None,
+        metadata={"help": f"New hypernetwork: M2P layers, even (default {ShineConfig.m2p_num_layers}).",
+                  "aliases": ["--m2p-layers"]},
+    )
+    lora_scale: float | None = field(
+        default=None,
+        metadata={"help": f"New hypernetwork: LoRA scale s (default {ShineConfig.lora_scale:g})."},
+    )
+
+    def __post_init__(self) -> None:
+        if self.backbone_dtype is not None and self.backbone_dtype != "auto":
+            dtype = self.backbone_dtype
+            if isinstance(dtype, str):
+                dtype = getattr(torch, dtype, None)
+            if not isinstance(dtype, torch.dtype):
+                raise TrainingError(f"Unknown backbone dtype {self.backbone_dtype!r}: use bfloat16, float16, "
+                                    "float32 or auto.")
+        try:  # ShineConfig owns the rules on hypernetwork sizes
+            ShineConfig(**self.hypernetwork_config())
+        except ValueError as error:
+            raise TrainingError(str(error)) from error
+
+    def hypernetwork_config(self) -> dict[str, Any]:
+        """The `ShineConfig` fields given for a new hypernetwork (those left None keep their defaults)."""
+        names = ("lora_rank", "metalora_rank", "m2p_num_layers", "lora_scale")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+
+
+@dataclass
+class ShineDataArguments:
+    """What to train on and how training samples are built (see `shine_hf.data`).
+
+    From Python, `data` and `eval_data` may also be one path or a `datasets.Dataset` (raw records, or
+    samples already tokenized with `context_input_ids`, `input_ids` and `labels`).
+    """
+
+    data: list[str] = field(
+        metadata={"help": "Training data: QA JSON/JSONL (ift) or a text corpus (.txt, JSON/JSONL with --text-column, "
+                          "a directory) for pretraining. Repeat for several files."},
+    )
+    stage: Stage = field(
+        default="ift",
+        metadata={"help": "pretrain (reconstruction/completion on text) or ift (instruction tuning on QA)."},
+    )
+    eval_data: list[str] | None = field(
+        default=None, metadata={"help": "Evaluation data, same kinds as --data (periodic eval loss)."}
+    )
+    eval_fraction: float = field(
+        default=0.0, metadata={"help": "Instead of --eval-data, hold out this fraction of the data (seeded)."}
+    )
+    text_column: str = field(default="text", metadata={"help": "Text field of JSON/JSONL pretraining data."})
+    max_context_tokens: int | None = field(
+        default=MAX_CONTEXT_TOKENS,
+        metadata={"help": "Context budget in tokens; longer contexts are cut (and never exceed the backbone's "
+                          "positions minus the memory tokens)."},
+    )
+    max_conversation_tokens: int | None = field(
+        default=MAX_CONVERSATION_TOKENS,
+        metadata={"help": "Conversation budget in tokens; later turns are dropped to fit."},
+    )
+    split_qa: bool = field(default=False, metadata={"help": "ift: one sample per QA pair instead of one per record."})
+    shuffle_qa: bool = field(
+        default=False,
+        metadata={"help": "ift: ask each record's questions in a random (seeded) order; recommended when every "
+                          "record lists its questions in the same order."},
+    )
+    pack_contexts: bool = field(default=False, metadata={"help": "Pack consecutive short records into one sample."})
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGE_LEARNING_RATES:
+            raise TrainingError(f"stage must be 'pretrain' or 'ift', not {self.stage!r}.")
+        if not 0 <= self.eval_fraction < 1:
+            raise TrainingError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}.")
+        if self.eval_fraction and self.eval_data is not None:
+            raise TrainingError("Pass eval_data or eval_fraction, not both.")
+        _check_at_least(self, ("max_context_tokens", "max_conversation_tokens"), 1, optional=True)
+
+
+@dataclass
+class ShineTrainingArguments(TrainingArguments):
+    """`transformers.TrainingArguments` with SHINE's reference defaults; every other field works as usual.
+
+    Besides the defaults: `learning_rate=None` takes the stage's reference rate
+    (`STAGE_LEARNING_RATES`, filled in by `train`); `max_warmup_fraction` caps the warmup of short
+    runs; `group_by_length=True` is short for `train_sampling_strategy="group_by_length"`;
+    `report_to` also takes a comma-separated list; sizes and step counts are checked (a
+    `TrainingError` names the first bad one), and the `ValueError`s of `TrainingArguments` itself
+    become `TrainingError`s.
+    """
+
+    output_dir: str = field(kw_only=True, metadata={"help": "Where checkpoints, logs and the final checkpoint go."})
+    resume_from_checkpoint: str | None = field(
+        default=None,
+        metadata={"help": "Resume an interrupted run: a checkpoint-N directory, or 'latest' for the last one in "
+                          "the output directory (the Python API also takes True)."},
+    )
+    learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "AdamW learning rate (default: the stage's reference rate, "
+                          + ", ".join(f"{rate:g} {stage}" for stage, rate in STAGE_LEARNING_RATES.items()) + ")."},
+    )
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on biases and norm weights)."})
+    warmup_steps: float = field(
+        default=2000,
+        metadata={"help": "Linear warmup steps (a float in [0, 1): a fraction of the run), capped by "
+                          "--max-warmup-fraction."},
+    )
+    max_warmup_fraction: float | None = field(
+        default=0.1,
+        metadata={"help": "Cap the warmup at this fraction of the run's optimizer steps, so a short run is not all "
+                          "warmup (1 or None: no cap)."},
+    )
+    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping (global norm); 0 disables it."})
+    gradient_accumulation_steps: int = field(default=4, metadata={"help": "Micro-batches per optimizer step."})
+    per_device_train_batch_size: int = field(default=1, metadata={"help": "Samples per device per micro-batch."})
+    per_device_eval_batch_size: int | None = field(
+        default=None, metadata={"help": "Evaluation batch size per device (default: the training batch size)."}
+    )
+    num_train_epochs: float = field(default=1.0, metadata={"help": "Training epochs (unless --max-steps is set)."})
+    max_steps: int = field(
+        default=-1, metadata={"help": "Stop after this many optimizer steps (overrides the epochs); -1: use epochs."}
+    )
+    optim: OptimizerNames | str = field(default="adamw_torch", metadata={"help": "Optimizer (AdamW, torch)."})
+    lr_scheduler_type: SchedulerType | str = field(
+        default="linear", metadata={"help": "Learning-rate schedule after the warmup."}
+    )
+    logging_steps: float = field(default=10, metadata={"help": "Log the loss every N optimizer steps."})
+    eval_steps: float | None = field(
+        default=None, metadata={"help": "Eval loss every N optimizer steps when there is eval data (default: "
+                                        "--save-steps)."}
+    )
+    group_by_length: bool = field(
+        default=False, metadata={"help": "Batch samples of similar length (context + conversation tokens)."}
+    )
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Kept False: the SHINE collator selects its own keys."}
+    )
+    prediction_loss_only: bool = field(default=True, metadata={"help": "Evaluation computes the loss only."})
+    ddp_find_unused_parameters: bool | None = field(
+        default=False, metadata={"help": "Every hypernetwork parameter gets a gradient every step."}
+    )
+    dataloader_pin_memory: bool = field(
+        default_factory=torch.cuda.is_available, metadata={"help": "Pin data-loader memory (default: with CUDA)."}
+    )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.report_to, str) and "," in self.report_to:
+            self.report_to = [name.strip() for name in self.report_to.split(",") if name.strip()]
+        if self.per_device_eval_batch_size is None:
+            self.per_device_eval_batch_size = self.per_device_train_batch_size
+        if self.group_by_length:
+            self.train_sampling_strategy = "group_by_length"
+        _check_at_least(self, ("per_device_train_batch_size", "per_device_eval_batch_size",
+                               "gradient_accumulation_steps"), 1)
+        _check_at_least(self, ("logging_steps", "save_steps"), 0, strict=True)
+        _check_at_least(self, ("learning_rate", "eval_steps"), 0, strict=True, optional=True)
+        _check_at_least(self, ("save_total_limit",), 1, optional=True)
+        _check_at_least(self, ("warmup_steps", "weight_decay", "max_grad_norm"), 0)
+        if self.max_steps <= 0 and self.max_steps != -1:
+            raise TrainingError(f"max_steps must be positive (or -1: use num_train_epochs), got {self.max_steps}.")
+        if self.max_steps == -1:
+            _check_at_least(self, ("num_train_epochs",), 0, strict=True)
+        if self.max_warmup_fraction is not None and not 0 <= self.max_warmup_fraction <= 1:
+            raise TrainingError(f"max_warmup_fraction must be in [0, 1], got {self.max_warmup_fraction}.")
+        try:
+            super().__post_init__()
+        except ValueError as error:
+            if isinstance(error, ShineError):
+                raise
+            raise TrainingError(f"Invalid training arguments: {error}") from error
+
+    def get_warmup_steps(self, num_training_steps: int) -> int:
+        """`warmup_steps`, capped at `max_warmup_fraction` of the run's optimizer steps."""
+        steps = super().get_warmup_steps(num_training_steps)
+        if self.max_warmup_fraction is None:
+            return steps
+        return min(steps, math.floor(self.max_warmup_fraction * num_training_steps))
+
+
+ARGUMENT_CLASSES = (ShineModelArguments, ShineDataArguments, ShineTrainingArguments)
+"""The three argument dataclasses, in the order `train` takes them."""
+
+
+def parse_train_arguments(
+    values: Mapping[str, Any],
+) -> tuple[ShineModelArguments, ShineDataArguments, ShineTrainingArguments]:
+    """Build the three argument dataclasses from one flat mapping of field values
+    (`transformers.HfArgumentParser.parse_dict`); an unknown name is a `TypeError`."""
+    known = {f.name for cls in ARGUMENT_CLASSES for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise TypeError(f"Unknown training argument(s): {', '.join(unknown)}.")
+    return HfArgumentParser(ARGUMENT_CLASSES).parse_dict(dict(values))
 
 
 # --------------------------------------------------------------------------------------------
@@ -116,19 +371,19 @@ class ShineTrainer(Trainer):
       tensors only, strictly (every hypernetwork tensor present with its shape, nothing else);
     - `activation_checkpointing=True` (alias `gradient_checkpointing=True`) goes through
       `ShineForCausalLM.activation_checkpointing_enable`, which re-activates the LoRA during
-      recomputation (FSDP's own `activation_checkpointing` would not, and is refused);
-    - `max_warmup_fraction` optionally caps the warmup at that fraction of the run's optimizer
-      steps (for short runs with a long reference warmup).
+      recomputation (FSDP's own `activation_checkpointing` would not, and is refused).
+
+    With `ShineTrainingArguments`, the warmup is also capped at `max_warmup_fraction` of the run.
 
     Args:
         model: The SHINE model (its tokenizer is the default `processing_class`).
-        args: Training arguments.
+        args: Training arguments (`ShineTrainingArguments` for SHINE's reference defaults; its
+            `learning_rate` must then be set, `train` sets it from the stage).
         data_collator: Defaults to `ShineDataCollator(processing_class)`.
         train_dataset: Tokenized SHINE samples (`shine_hf.data.build_qa_dataset` /
             `build_pretraining_dataset`).
         eval_dataset: Same, for the periodic eval loss.
         processing_class: The tokenizer; defaults to `model.tokenizer`. Saved in every checkpoint.
-        max_warmup_fraction: Cap on warmup steps as a fraction of the total optimizer steps.
         **kwargs: Other `Trainer` arguments (`callbacks`, `optimizers`, ...).
     """
 
@@ -140,14 +395,12 @@ class ShineTrainer(Trainer):
         train_dataset: Any = None,
         eval_dataset: Any = None,
         processing_class: Any = None,
-        *,
-        max_warmup_fraction: float | None = None,
         **kwargs: Any,
     ) -> None:
         if not isinstance(model, ShineForCausalLM):
             raise TypeError(f"ShineTrainer trains a ShineForCausalLM, not {type(model).__name__}.")
-        if max_warmup_fraction is not None and not 0 <= max_warmup_fraction <= 1:
-            raise ValueError(f"max_warmup_fraction must be in [0, 1], got {max_warmup_fraction}.")
+        if args is not None and args.learning_rate is None:
+            raise TrainingError("learning_rate is None: set it (train() takes the stage's reference rate).")
         model.backbone.requires_grad_(False)
         if not any(p.requires_grad for p in model.hypernetwork.parameters()):
             raise TrainingError("No hypernetwork parameter requires grad: nothing to train.")
@@ -162,8 +415,6 @@ class ShineTrainer(Trainer):
         if data_collator is None:
             if processing_class is None:
                 raise TrainingError("ShineTrainer needs a tokenizer: pass processing_class= or set model.tokenizer.")
-            from .data import ShineDataCollator
-
             data_collator = ShineDataCollator(processing_class)
         if args is not None and args.remove_unused_columns:
             logger.info("ShineTrainer sets remove_unused_columns=False (the SHINE collator selects its keys).")
@@ -178,7 +429,6 @@ class ShineTrainer(Trainer):
             **kwargs,
         )
         self.args.remove_unused_columns = False
-        self.max_warmup_fraction = max_warmup_fraction
         # Full shapes of the hypernetwork tensors, read before any FSDP/DeepSpeed sharding.
         self._hypernetwork_shapes = {
             name: torch.empty(t.shape, dtype=t.dtype, device="meta")
@@ -201,26 +451,6 @@ class ShineTrainer(Trainer):
         if not isinstance(unwrapped, ShineForCausalLM):
             raise TypeError(f"Expected a ShineForCausalLM inside the trainer, found {type(unwrapped).__name__}.")
         return unwrapped
-
-    # ------------------------------------------------------------------ scheduler
-    def create_scheduler(
-        self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None
-    ) -> torch.optim.lr_scheduler.LRScheduler:
-        """The Trainer's scheduler, with warmup capped at `max_warmup_fraction` of the run."""
-        if self.lr_scheduler is None and self.max_warmup_fraction is not None:
-            warmup = min(
-                self.args.get_warmup_steps(num_training_steps),
-                math.floor(self.max_warmup_fraction * num_training_steps),
-            )
-            self.lr_scheduler = get_scheduler(
-                self.args.lr_scheduler_type,
-                optimizer=optimizer if optimizer is not None else self.optimizer,
-                num_warmup_steps=warmup,
-                num_training_steps=num_training_steps,
-                scheduler_specific_kwargs=self.args.lr_scheduler_kwargs,
-            )
-            self._created_lr_scheduler = True
-        return super().create_scheduler(num_training_steps, optimizer)
 
     # ------------------------------------------------------------------ saving
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
@@ -450,125 +680,45 @@ def match_embeddings_to_tokenizer(model: ShineForCausalLM | PreTrainedModel, tok
     return new - old
 
 
-def build_training_arguments(
-    output_dir: str | os.PathLike,
-    stage: Stage = "ift",
-    *,
-    learning_rate: float | None = None,
-    weight_decay: float = REFERENCE_HYPERPARAMETERS["weight_decay"],
-    warmup_steps: int = REFERENCE_HYPERPARAMETERS["warmup_steps"],
-    max_grad_norm: float = REFERENCE_HYPERPARAMETERS["max_grad_norm"],
-    gradient_accumulation_steps: int = REFERENCE_HYPERPARAMETERS["gradient_accumulation_steps"],
-    per_device_train_batch_size: int = 1,
-    per_device_eval_batch_size: int | None = None,
-    num_train_epochs: float = 1.0,
-    max_steps: int = -1,
-    gradient_checkpointing: bool = False,
-    group_by_length: bool = False,
-    bf16: bool = False,
-    fp16: bool = False,
-    logging_steps: int = 10,
-    eval_steps: int | None = None,
-    save_steps: int = 500,
-    save_total_limit: int | None = None,
-    has_eval: bool = False,
-    report_to: str | Sequence[str] = "none",
-    seed: int = 42,
-    **overrides: Any,
-) -> TrainingArguments:
-    """`TrainingArguments` with SHINE's reference settings (see `train` for the meaning of each).
-
-    Fixed choices: AdamW (`adamw_torch`), linear schedule, `remove_unused_columns=False`,
-    `prediction_loss_only=True` (eval computes the loss only, no logits are gathered),
-    `ddp_find_unused_parameters=False` (every hypernetwork parameter gets a gradient every step),
-    pinned dataloader memory only with CUDA.
-    `overrides` are any other `TrainingArguments` fields and win over everything.
-    """
-    if stage not in STAGE_LEARNING_RATES:
-        raise TrainingError(f"stage must be 'pretrain' or 'ift', not {stage!r}.")
-    values: dict[str, Any] = dict(
-        output_dir=str(output_dir),
-        learning_rate=STAGE_LEARNING_RATES[stage] if learning_rate is None else learning_rate,
-        weight_decay=weight_decay,
-        warmup_steps=warmup_steps,
-        max_grad_norm=max_grad_norm,
-        gradient_accumulation_steps=gradient_accumulation_steps,
-        per_device_train_batch_size=per_device_train_batch_size,
-        per_device_eval_batch_size=per_device_eval_batch_size or per_device_train_batch_size,
-        num_train_epochs=num_train_epochs,
-        max_steps=max_steps,
-        optim=REFERENCE_HYPERPARAMETERS["optimizer"],
-        lr_scheduler_type=REFERENCE_HYPERPARAMETERS["lr_scheduler_type"],
-        activation_checkpointing=gradient_checkpointing,
-        train_sampling_strategy="group_by_length" if group_by_length else "random",
-        length_column_name="length",
-        bf16=bf16,
-        fp16=fp16,
-        logging_strategy="steps",
-        logging_steps=logging_steps,
-        save_strategy="steps",
-        save_steps=save_steps,
-        save_total_limit=save_total_limit,
-        eval_strategy="steps" if has_eval else "no",
-        eval_steps=(eval_steps or save_steps) if has_eval else None,
-        report_to=list(report_to) if not isinstance(report_to, str) else report_to,
-        seed=seed,
-        remove_unused_columns=False,
-        prediction_loss_only=True,
-        ddp_find_unused_parameters=False,
-        dataloader_pin_memory=torch.cuda.is_available(),
-    )
-    values.update(overrides)
-    return TrainingArguments(**values)
-
-
 def _is_tokenized(dataset: Any) -> bool:
     columns = getattr(dataset, "column_names", None) or []
     return {"context_input_ids", "input_ids", "labels"} <= set(columns)
 
 
-def _check_paths(source: Any, what: str) -> None:
-    if isinstance(source, (str, os.PathLike)):
-        items = [source]
-    elif isinstance(source, Sequence) and not isinstance(source, (str, bytes)):
-        items = list(source)
+def _data_source(data: Any) -> Any:
+    """One path, several paths or a `Dataset` as `shine_hf.data` takes them."""
+    if isinstance(data, (list, tuple)) and len(data) == 1:
+        return data[0]
+    return data
+
+
+def _load_records(data: Any, data_args: ShineDataArguments, seed: int, what: str) -> Any:
+    """Raw records in the QA schema (pretraining: RECON/COMP records), before any model is loaded,
+    so that bad data fails fast; an already tokenized `Dataset` passes through."""
+    if _is_tokenized(data):
+        return data
+    source = _data_source(data)
+    if data_args.stage == "pretrain":
+        records = pretraining_records(load_text_dataset(source, text_column=data_args.text_column), seed=seed)
     else:
-        return
-    missing = [str(p) for p in items if isinstance(p, (str, os.PathLike)) and not Path(p).exists()]
-    if missing:
-        raise TrainingError(f"{what} not found: {', '.join(missing)}.")
+        records = load_qa_dataset(source)
+    if len(records) == 0:
+        raise TrainingError(f"{what} holds no records.")
+    return records
 
 
-def _build_dataset(
-    source: Any,
-    tokenizer: Any,
-    stage: Stage,
-    *,
-    what: str,
-    text_column: str,
-    max_context_tokens: int | None,
-    max_conversation_tokens: int | None,
-    split_qa: bool,
-    shuffle_qa: bool,
-    pack_contexts: bool,
-    seed: int,
-) -> Dataset:
-    from .data import build_pretraining_dataset, build_qa_dataset
-
-    if _is_tokenized(source):
-        return source
-    _check_paths(source, what)
-    if stage == "pretrain":
-        dataset, _ = build_pretraining_dataset(
-            source, tokenizer, text_column=text_column, seed=seed, max_context_tokens=max_context_tokens,
-            max_conversation_tokens=max_conversation_tokens, pack_contexts=pack_contexts,
-        )
-    else:
-        dataset, _ = build_qa_dataset(
-            source, tokenizer, split_qa=split_qa, shuffle_qa=shuffle_qa, seed=seed,
-            max_context_tokens=max_context_tokens, max_conversation_tokens=max_conversation_tokens,
-            pack_contexts=pack_contexts,
-        )
+def _tokenize(records: Any, tokenizer: Any, data_args: ShineDataArguments, max_context_tokens: int | None,
+              seed: int, what: str) -> Any:
+    if _is_tokenized(records):
+        return records
+    qa_options = {}
+    if data_args.stage == "ift":
+        qa_options = {"split_qa": data_args.split_qa, "shuffle_qa": data_args.shuffle_qa}
+    dataset, _ = tokenize_records(
+        records, tokenizer, max_context_tokens=max_context_tokens,
+        max_conversation_tokens=data_args.max_conversation_tokens, pack_contexts=data_args.pack_contexts, seed=seed,
+        **qa_options,
+    )
     if len(dataset) == 0:
         raise TrainingError(f"{what} gave no training samples.")
     return dataset
@@ -588,146 +738,110 @@ def _resolve_resume(resume_from_checkpoint: str | os.PathLike | bool | None, out
     return str(path)
 
 
+def _arguments(
+    model_args: ShineModelArguments | None,
+    data_args: ShineDataArguments | None,
+    training_args: ShineTrainingArguments | None,
+    fields: Mapping[str, Any],
+) -> tuple[ShineModelArguments, ShineDataArguments, ShineTrainingArguments]:
+    given = (model_args, data_args, training_args)
+    if fields:
+        if any(a is not None for a in given):
+            raise TypeError("Pass either the three argument dataclasses or their fields as keywords, not both.")
+        return parse_train_arguments(fields)
+    if any(a is None for a in given):
+        raise TypeError("train() needs model_args, data_args and training_args (or their fields as keywords).")
+    return model_args, data_args, training_args
+
+
 def train(
-    backbone: PreTrainedModel | str | os.PathLike | None,
-    data: str | os.PathLike | Sequence[str | os.PathLike] | Dataset,
+    model_args: ShineModelArguments | None = None,
+    data_args: ShineDataArguments | None = None,
+    training_args: ShineTrainingArguments | None = None,
     *,
-    output_dir: str | os.PathLike,
-    stage: Stage = "ift",
-    tokenizer: Any = None,
-    from_checkpoint: str | os.PathLike | None = None,
-    resume_from_checkpoint: str | os.PathLike | bool | None = None,
-    eval_data: str | os.PathLike | Sequence[str | os.PathLike] | Dataset | None = None,
-    eval_fraction: float = 0.0,
-    learning_rate: float | None = None,
-    weight_decay: float = REFERENCE_HYPERPARAMETERS["weight_decay"],
-    warmup_steps: int = REFERENCE_HYPERPARAMETERS["warmup_steps"],
-    max_warmup_fraction: float | None = REFERENCE_HYPERPARAMETERS["max_warmup_fraction"],
-    max_grad_norm: float = REFERENCE_HYPERPARAMETERS["max_grad_norm"],
-    gradient_accumulation_steps: int = REFERENCE_HYPERPARAMETERS["gradient_accumulation_steps"],
-    per_device_train_batch_size: int = 1,
-    per_device_eval_batch_size: int | None = None,
-    num_train_epochs: float = 1.0,
-    max_steps: int = -1,
-    max_context_tokens: int | None = REFERENCE_HYPERPARAMETERS["max_context_tokens"],
-    max_conversation_tokens: int | None = 1024,
-    split_qa: bool = False,
-    shuffle_qa: bool = False,
-    pack_contexts: bool = False,
-    text_column: str = "text",
-    backbone_revision: str | None = None,
-    backbone_dtype: torch.dtype | str | None = None,
-    bf16: bool = False,
-    fp16: bool = False,
-    gradient_checkpointing: bool = False,
-    group_by_length: bool = False,
-    logging_steps: int = 10,
-    eval_steps: int | None = None,
-    save_steps: int = 500,
-    save_total_limit: int | None = None,
-    report_to: str | Sequence[str] = "none",
-    seed: int = 42,
-    hypernetwork_config: Mapping[str, Any] | None = None,
-    training_args: Mapping[str, Any] | None = None,
     callbacks: Sequence[TrainerCallback] | None = None,
+    **fields: Any,
 ) -> TrainResult:
     """Train a SHINE hypernetwork: pretraining (`stage="pretrain"`) or instruction tuning (`"ift"`).
 
-    Defaults are the reference hyper-parameters (DESIGN.md section 2): AdamW, learning rate 5e-5
-    (pretrain) / 1e-5 (ift), weight decay 0.01 (not on biases and norms), linear schedule with
-    2000 warmup steps, gradient clipping at 1.0, gradient accumulation 4, contexts truncated to
-    1024 tokens. **The warmup is capped at `max_warmup_fraction` (10%) of the run's optimizer
-    steps**, so a short run is not all warmup; pass `max_warmup_fraction=None` for the exact
-    reference schedule. The reference used 8 GPUs: the effective batch is
-    `per_device_train_batch_size × gradient_accumulation_steps × number of processes`.
+    Either pass the three argument dataclasses, or their fields as keywords (split among them by
+    `parse_train_arguments`):
+
+        train(ShineModelArguments(backbone="Qwen/Qwen3-8B"), ShineDataArguments(data=["qa.jsonl"]),
+              ShineTrainingArguments(output_dir="runs/ift"))
+        train(backbone="Qwen/Qwen3-8B", data="qa.jsonl", output_dir="runs/ift", max_steps=1000)
+
+    The defaults are SHINE's reference settings (see `ShineTrainingArguments`). The effective batch
+    is `per_device_train_batch_size × gradient_accumulation_steps × number of processes`.
 
     What happens:
 
-    1. The backbone is loaded (by name/path, or taken as given) and frozen. With neither
-       `backbone` nor a checkpoint naming one, this fails.
-    2. `stage="pretrain"` adds the `<RECON>`/`<COMP>` special tokens to the tokenizer. Whenever
+    1. The data is read and checked (`shine_hf.data`: a text corpus for pretraining, QA records for
+       ift; an already tokenized `Dataset` is used as is), before any model is loaded.
+    2. The backbone is loaded (by name/path, or taken as given) and frozen. With neither a
+       backbone nor a checkpoint naming one, this fails.
+    3. `stage="pretrain"` adds the `<RECON>`/`<COMP>` special tokens to the tokenizer. Whenever
        the tokenizer then has more tokens than the backbone has embedding rows, rows are added
        (`match_embeddings_to_tokenizer`: mean of the existing rows, deterministic, never trained,
-       as in the reference, which trains only the hypernetwork). The backbone passed in is
+       as in the reference, which trains only the hypernetwork). A backbone passed in loaded is
        modified in place.
-    3. The hypernetwork is new (`hypernetwork_config`: `ShineConfig` fields such as `lora_rank`,
-       `metalora_rank`, `m2p_num_layers`, `lora_scale`), or loaded from `from_checkpoint` (e.g. a
-       pretraining checkpoint to instruction-tune: a fresh optimizer and schedule), or from the
-       checkpoint being resumed.
-    4. Data: a text corpus for pretraining (`shine_hf.data.build_pretraining_dataset`: `.txt`,
-       JSON/JSONL with `text_column`, a directory or a `datasets.Dataset`) or QA records for ift
-       (`build_qa_dataset`); an already tokenized `Dataset` (`context_input_ids`, `input_ids`,
-       `labels`) is used as is. Contexts longer than `max_context_tokens` (and than the
-       backbone's positions minus the memory tokens) are truncated, counted and logged.
-    5. `ShineTrainer` trains; `checkpoint-N/` dirs every `save_steps` optimizer steps are shine-hf
-       checkpoints plus Trainer state; an eval loss is computed every `eval_steps` (default:
-       `save_steps`) when `eval_data` or `eval_fraction` gives an eval set.
-    6. The final checkpoint (hypernetwork, config, code, card, tokenizer) is written to
+    4. The hypernetwork is new (sizes from `ShineModelArguments`), or loaded from
+       `from_checkpoint` (e.g. a pretraining checkpoint to instruction-tune: a fresh optimizer and
+       schedule), or from the checkpoint being resumed (`resume_from_checkpoint`: a `checkpoint-N`
+       directory, or `"latest"` / True for the last one in `output_dir`).
+    5. Samples are tokenized; contexts longer than `max_context_tokens` (and than the backbone's
+       positions minus the memory tokens) are truncated, counted and logged.
+    6. `ShineTrainer` trains; `checkpoint-N/` directories every `save_steps` optimizer steps are
+       shine-hf checkpoints plus Trainer state; with `eval_data` or `eval_fraction` an eval loss is
+       computed every `eval_steps` (default: `save_steps`).
+    7. The final checkpoint (hypernetwork, config, code, card, tokenizer) is written to
        `output_dir`, loadable with `ShineForCausalLM.from_pretrained(output_dir, backbone=...)`.
 
     Args:
-        backbone: A loaded causal LM, or its Hub id / local path; None to take the one named by
-            `from_checkpoint` / the resumed checkpoint.
-        data: Training data (see step 4).
-        output_dir: Where checkpoints, logs (`runs/` for tensorboard) and the result go.
-        stage: `"pretrain"` (reconstruction/completion) or `"ift"` (QA instruction tuning).
-        tokenizer: The backbone's tokenizer; loaded from the checkpoint or backbone path if None.
-        from_checkpoint: A shine-hf checkpoint whose hypernetwork to start from.
-        resume_from_checkpoint: Continue an interrupted run: a `checkpoint-N` dir, or True /
-            `"latest"` for the last one in `output_dir` (model, optimizer, scheduler, RNG, step).
-        eval_data: Evaluation data, same kinds as `data`.
-        eval_fraction: Alternatively, hold out this fraction of `data` (seeded) for evaluation.
-        learning_rate: Defaults to the stage's reference rate (`STAGE_LEARNING_RATES`).
-        weight_decay, warmup_steps, max_warmup_fraction, max_grad_norm, gradient_accumulation_steps:
-            Optimisation settings (see above).
-        per_device_train_batch_size, per_device_eval_batch_size, num_train_epochs, max_steps:
-            Batch sizes and run length (`max_steps > 0` wins over epochs).
-        max_context_tokens, max_conversation_tokens: Token budgets of contexts / conversations.
-        split_qa: ift: one sample per QA pair instead of one multi-turn sample per record.
-        shuffle_qa: ift: ask each record's questions in a random (seeded) order; recommended when
-            every record lists its questions in the same order (see `shine_hf.data.shuffle_qa_pairs`).
-        pack_contexts: Pack consecutive short records into one sample.
-        text_column: Text field of JSON pretraining corpora.
-        backbone_revision, backbone_dtype: How to load a backbone given by name (e.g.
-            `backbone_dtype="bfloat16"`); the hypernetwork stays float32.
-        bf16, fp16: Mixed precision (autocast) for the forward passes.
-        gradient_checkpointing: Activation checkpointing of the backbone's decoder layers.
-        group_by_length: Batch samples of similar `length` (context + conversation tokens).
-        logging_steps, eval_steps, save_steps, save_total_limit: Logging/eval/checkpoint cadence.
-        report_to: `"none"`, `"tensorboard"`, `"wandb"`, a list, or `"all"`.
-        seed: Seed of the Trainer (init, data order) and of the pretraining RECON/COMP draws.
-        hypernetwork_config: `ShineConfig` fields for a new hypernetwork.
-        training_args: Any other `TrainingArguments` fields; they win over the above.
+        model_args, data_args, training_args: The run's arguments.
         callbacks: Extra `TrainerCallback`s.
+        **fields: Instead of the dataclasses, any of their fields by name.
 
     Returns:
         A `TrainResult` (model, trainer, output directory, final metrics).
 
     Raises:
-        TrainingError: bad stage, missing data, no backbone or tokenizer, no samples.
+        TrainingError: bad arguments, no backbone or tokenizer, no samples.
+        DataError (`shine_hf.data`): data that cannot be read or has the wrong columns.
         BackboneMismatchError / CheckpointError: the checkpoint does not fit the backbone or is
             unreadable.
     """
-    if stage not in STAGE_LEARNING_RATES:
-        raise TrainingError(f"stage must be 'pretrain' or 'ift', not {stage!r}.")
-    if not 0 <= eval_fraction < 1:
-        raise TrainingError(f"eval_fraction must be in [0, 1), got {eval_fraction}.")
-    _check_paths(data, "Training data")
-    if eval_data is not None:
-        _check_paths(eval_data, "Evaluation data")
-    output_dir = Path(output_dir)
-    resume = _resolve_resume(resume_from_checkpoint, output_dir)
-    source = resume or (str(from_checkpoint) if from_checkpoint is not None else None)
+    model_args, data_args, training_args = _arguments(model_args, data_args, training_args, fields)
+    output_dir = Path(training_args.output_dir)
+    seed = training_args.seed
+    resume = _resolve_resume(training_args.resume_from_checkpoint, output_dir)
+    source = resume or (str(model_args.from_checkpoint) if model_args.from_checkpoint is not None else None)
     source_config = None
     if source is not None:
         try:
             source_config = ShineConfig.from_pretrained(source)
         except OSError as error:
             raise TrainingError(f"Cannot read the SHINE checkpoint {source}: {error}") from error
-    if hypernetwork_config and source is not None:
-        logger.warning("hypernetwork_config is ignored: the hypernetwork comes from %s.", source)
+        if model_args.hypernetwork_config():
+            logger.warning("The new-hypernetwork sizes are ignored: the hypernetwork comes from %s.", source)
 
-    # 1. backbone
+    # 1. data, checked before any model work
+    train_records = _load_records(data_args.data, data_args, seed, "Training data")
+    eval_records = None
+    if data_args.eval_data is not None:
+        eval_records = _load_records(data_args.eval_data, data_args, seed, "Evaluation data")
+    updates: dict[str, Any] = {}
+    if training_args.learning_rate is None:
+        updates["learning_rate"] = STAGE_LEARNING_RATES[data_args.stage]
+    has_eval = eval_records is not None or data_args.eval_fraction > 0
+    if has_eval and training_args.eval_strategy == IntervalStrategy.NO:
+        updates.update(eval_strategy="steps", eval_steps=training_args.eval_steps or training_args.save_steps)
+    if updates:
+        training_args = dataclasses.replace(training_args, **updates)
+
+    # 2. backbone
+    backbone = model_args.backbone
+    backbone_revision = model_args.backbone_revision
     if backbone is None:
         if source_config is None or not source_config.backbone_name_or_path:
             raise TrainingError("No backbone: pass backbone= (a model, Hub id or path) or a checkpoint that names one.")
@@ -737,67 +851,57 @@ def train(
     backbone_name: str | None = None
     if isinstance(backbone, (str, os.PathLike)):
         backbone_name = str(backbone)
-        backbone = AutoModelForCausalLM.from_pretrained(backbone_name, revision=backbone_revision, dtype=backbone_dtype)
+        backbone = AutoModelForCausalLM.from_pretrained(backbone_name, revision=backbone_revision,
+                                                        dtype=model_args.backbone_dtype)
     else:
         backbone_name = getattr(backbone, "name_or_path", None) or None
 
-    # 2. tokenizer and special tokens
-    if tokenizer is None:
+    # 3. tokenizer and special tokens
+    tokenizer = model_args.tokenizer
+    if isinstance(tokenizer, (str, os.PathLike)):
+        tokenizer = try_load_tokenizer(str(tokenizer), None, backbone.config)
+        if tokenizer is None:
+            raise TrainingError(f"Cannot load the tokenizer {model_args.tokenizer}.")
+    elif tokenizer is None:
         tokenizer = try_load_tokenizer(source, None, backbone.config) or try_load_tokenizer(
             backbone_name, backbone_revision, backbone.config
         )
         if tokenizer is None:
             raise TrainingError("No tokenizer found next to the checkpoint or the backbone: pass tokenizer=.")
-    if stage == "pretrain":
-        from .data import add_shine_special_tokens
-
+    if data_args.stage == "pretrain":
         add_shine_special_tokens(tokenizer)
 
-    # 3. model
+    # 4. model
     if source is not None:
         model = ShineForCausalLM.from_pretrained(source, backbone=backbone, tokenizer=tokenizer)
     else:
-        model = ShineForCausalLM.from_backbone(backbone, tokenizer=tokenizer, **dict(hypernetwork_config or {}))
+        model = ShineForCausalLM.from_backbone(backbone, tokenizer=tokenizer, **model_args.hypernetwork_config())
     model.tokenizer = tokenizer
     match_embeddings_to_tokenizer(model, tokenizer)
     model.hypernetwork.float()
     model.train()
 
-    # 4. data
-    context_limit = model.max_context_tokens
-    if max_context_tokens is not None and context_limit is not None:
-        context_limit = min(context_limit, max_context_tokens)
-    elif context_limit is None:
-        context_limit = max_context_tokens
-    data_kwargs = dict(text_column=text_column, max_context_tokens=context_limit,
-                       max_conversation_tokens=max_conversation_tokens, split_qa=split_qa, shuffle_qa=shuffle_qa,
-                       pack_contexts=pack_contexts, seed=seed)
-    train_dataset = _build_dataset(data, tokenizer, stage, what="Training data", **data_kwargs)
+    # 5. samples
+    limits = [n for n in (model.max_context_tokens, data_args.max_context_tokens) if n is not None]
+    context_limit = min(limits) if limits else None
+    train_dataset = _tokenize(train_records, tokenizer, data_args, context_limit, seed, "Training data")
     eval_dataset = None
-    if eval_data is not None:
-        eval_dataset = _build_dataset(eval_data, tokenizer, stage, what="Evaluation data", **data_kwargs)
-    elif eval_fraction > 0:
-        split = train_dataset.train_test_split(test_size=eval_fraction, seed=seed)
+    if eval_records is not None:
+        eval_dataset = _tokenize(eval_records, tokenizer, data_args, context_limit, seed, "Evaluation data")
+    elif data_args.eval_fraction > 0:
+        try:
+            split = train_dataset.train_test_split(test_size=data_args.eval_fraction, seed=seed)
+        except ValueError as error:
+            raise TrainingError(f"Cannot hold out eval_fraction={data_args.eval_fraction} of "
+                                f"{len(train_dataset)} samples: {error}") from error
         train_dataset, eval_dataset = split["train"], split["test"]
 
-    # 5. train
-    args = build_training_arguments(
-        output_dir, stage, learning_rate=learning_rate, weight_decay=weight_decay, warmup_steps=warmup_steps,
-        max_grad_norm=max_grad_norm, gradient_accumulation_steps=gradient_accumulation_steps,
-        per_device_train_batch_size=per_device_train_batch_size,
-        per_device_eval_batch_size=per_device_eval_batch_size, num_train_epochs=num_train_epochs,
-        max_steps=max_steps, gradient_checkpointing=gradient_checkpointing, group_by_length=group_by_length,
-        bf16=bf16, fp16=fp16, logging_steps=logging_steps, eval_steps=eval_steps, save_steps=save_steps,
-        save_total_limit=save_total_limit, has_eval=eval_dataset is not None, report_to=report_to, seed=seed,
-        **dict(training_args or {}),
-    )
-    trainer = ShineTrainer(
-        model, args, train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=tokenizer,
-        max_warmup_fraction=max_warmup_fraction, callbacks=list(callbacks or []),
-    )
+    # 6. train
+    trainer = ShineTrainer(model, training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
+                           processing_class=tokenizer, callbacks=list(callbacks or []))
     output = trainer.train(resume_from_checkpoint=resume)
 
-    # 6. final checkpoint
+    # 7. final checkpoint
     trainer.save_model(str(output_dir))
     trainer.save_state()
     return TrainResult(model=model, trainer=trainer, output_dir=output_dir, metrics=dict(output.metrics))

@@ -1,5 +1,5 @@
 """Tests for shine_hf.data: label masks token by token, truncation counts, the RECON/COMP mix,
-QA loading, packing, the collator and the synthetic-facts generator."""
+QA loading and its errors, packing and the collator."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ import pytest
 import torch
 from datasets import Dataset
 
+from shine_hf import ShineError
 from shine_hf import data as D
 from shine_hf.modeling.prompting import question_prompt, render_chat
+from shine_hf.testing.facts import synthetic_facts
 from shine_hf.testing.tokenizers import QWEN3_CHAT_TEMPLATE, build_chat_tokenizer
 
 IM_END = "<|im_end|>\n"
@@ -183,6 +185,20 @@ def test_first_answer_is_cut_only_when_it_cannot_fit(tok):
     assert conv.num_supervised == 0 and len(conv.input_ids) == prompt_len - 1
 
 
+def test_system_prompt_turns_are_the_baseline_prompts(tok):
+    """With a system prompt, turn 0 is question_prompt(tok, q, system) and later turns continue the
+    rendered history, which still holds the system turn; labels stay on answers and end of turn."""
+    system = "Answer in a few words."
+    questions, answers = ["Where is Paris?", "Where is Rome?"], ["France", "Italy"]
+    conv = D.tokenize_conversation(tok, questions, answers, system_prompt=system)
+    spans = supervised_spans(conv.labels)
+    assert conv.input_ids[: spans[0][0]] == encode(tok, question_prompt(tok, questions[0], system))
+    history = [{"role": "system", "content": system}, {"role": "user", "content": questions[0]},
+               {"role": "assistant", "content": answers[0]}, {"role": "user", "content": questions[1]}]
+    assert conv.input_ids[: spans[1][0]] == encode(tok, render_chat(tok, history, True))
+    assert [tok.decode(conv.input_ids[a:b]) for a, b in spans] == [a + IM_END for a in answers]
+
+
 def test_context_is_a_plain_tokenizer_call(tok):
     ids, truncated = D.tokenize_context(tok, "The contract was signed.")
     assert ids == tok("The contract was signed.")["input_ids"] and not truncated
@@ -277,7 +293,7 @@ def test_shuffle_qa_pairs_keeps_pairs_together_and_is_seeded(tok):
 
 
 def test_pack_contexts(tok):
-    facts = D.synthetic_facts(40, seed=3, entities_per_document=(1, 1), questions_per_entity=1)
+    facts = synthetic_facts(40, seed=3, entities_per_document=(1, 1), questions_per_entity=1)
     records = facts["train"].select_columns(["context", "questions", "answers"])
     budget = 3 * max(len(tok(c)["input_ids"]) for c in records["context"])
     packed = D.pack_records(records, tok, max_context_tokens=budget, max_conversation_tokens=1024)
@@ -500,6 +516,51 @@ def test_load_qa_dataset_schemas(tmp_path):
         D.load_qa_dataset(Dataset.from_list([{"context": "c", "questions": ["q1", "q2"], "answers": ["a"]}]))
 
 
+QA_ROW = json.dumps({"context": "Paris is in France.", "question": "Where is Paris?", "answer": "France"})
+
+# file name -> (content, loader, the DataError message); none of these may end in a raw datasets /
+# pyarrow exception or in the datasets loader's own multi-line error log.
+UNUSABLE_DATA = {
+    "malformed.jsonl": (QA_ROW + '\n{"context": "b", "question": ', "qa", "malformed.jsonl is not valid JSON or JSONL"),
+    "empty.jsonl": ("", "qa", "Empty data file"),
+    "blank.jsonl": ("\n\n", "qa", "holds no JSON records"),
+    "columns.jsonl": ('{"text": "x", "title": "y"}\n', "qa", "has the columns text, title; QA records need"),
+    "no_answer.jsonl": (QA_ROW + '\n{"context": "b", "question": "q"}\n', "qa", "QA record 1: a question has no"),
+    "no_answers.jsonl": ('{"context": "b", "questions": ["q"], "answer": null}\n', "qa",
+                         "QA record 0 has questions but no answers"),
+    "no_context.jsonl": ('{"context": null, "question": "q", "answer": "a"}\n', "qa", "QA record 0 has no context"),
+    "qa.txt": ("Where is Paris? France\n", "qa", "QA records are read from JSON or JSONL files"),
+    "no_text.jsonl": (QA_ROW, "text", "has no 'text' column (its columns: context, question, answer)"),
+    "numbers.json": ("[1, 2, 3]", "text", "holds Value('int64'), not text"),
+    "empty.txt": ("", "text", "Empty data file"),
+}
+
+
+@pytest.mark.parametrize("name", list(UNUSABLE_DATA))
+def test_unusable_data_is_a_data_error_naming_the_problem(tmp_path, capfd, name):
+    content, kind, message = UNUSABLE_DATA[name]
+    path = tmp_path / name
+    path.write_text(content, encoding="utf-8")
+    load = D.load_qa_dataset if kind == "qa" else D.load_text_dataset
+    with pytest.raises(D.DataError, match=re.escape(message)):
+        load(path)
+    assert "Failed to load JSON" not in capfd.readouterr().err
+
+
+def test_missing_data_is_a_file_not_found_data_error(tmp_path):
+    for missing in (tmp_path / "missing.jsonl", [], tmp_path):
+        with pytest.raises(D.DataNotFoundError) as error:
+            D.load_qa_dataset(missing)
+        assert isinstance(error.value, FileNotFoundError) and isinstance(error.value, ShineError)
+
+
+def test_data_files_with_different_columns_are_one_error(tmp_path):
+    first = write_jsonl(tmp_path / "a.jsonl", [{"context": "c", "question": "q", "answer": "a"}])
+    second = write_jsonl(tmp_path / "b.jsonl", [{"context": "c", "question": "q", "answer": 3}])
+    with pytest.raises(D.DataError, match="different columns or types"):
+        D.load_qa_dataset([first, second])
+
+
 # ------------------------------------------------------------------------------ collator
 
 
@@ -542,112 +603,9 @@ def test_collator_falls_back_to_eos():
 
 
 def test_end_to_end_batch(tok):
-    samples, _ = D.build_qa_dataset(D.synthetic_facts(12, seed=0)["train"], tok)
+    samples, _ = D.build_qa_dataset(synthetic_facts(12, seed=0)["train"], tok)
     batch = D.ShineDataCollator(tok)([samples[i] for i in range(min(4, len(samples)))])
     for row in range(batch["input_ids"].shape[0]):
         mask = batch["attention_mask"][row].bool()
         assert (batch["labels"][row][~mask] == -100).all()
         assert batch["context_attention_mask"][row].sum() == len(samples[row]["context_input_ids"])
-
-
-# ------------------------------------------------------------------------------ synthetic facts
-
-
-def name_pattern(name: str) -> re.Pattern:
-    return re.compile(rf"\b{re.escape(name)}\b")
-
-
-@pytest.mark.parametrize("one_token_names", [False, True])
-def test_synthetic_splits_have_disjoint_entities(one_token_names):
-    facts = D.synthetic_facts(120, seed=5, one_token_names=one_token_names)
-    assert list(facts) == ["train", "validation", "test"]
-    entities = {split: {e for doc in facts[split]["entities"] for e in doc} for split in facts}
-    assert sum(len(e) for e in entities.values()) == 120
-    assert len(entities["train"]) == 96 and len(entities["validation"]) == 12 and len(entities["test"]) == 12
-    for a in facts:
-        for b in facts:
-            if a == b:
-                continue
-            assert not entities[a] & entities[b]
-            contexts = " ".join(facts[b]["context"])
-            assert not any(name_pattern(name).search(contexts) for name in entities[a])
-    if one_token_names:
-        assert all(" " not in e and e in D.ONE_TOKEN_NAMES for s in entities.values() for e in s)
-
-
-def test_synthetic_answers_are_in_their_documents():
-    facts = D.synthetic_facts(60, seed=1)
-    for split in facts.values():
-        for doc in split:
-            assert 1 <= len(doc["entities"]) <= 2
-            assert len(doc["questions"]) == len(doc["answers"]) == 6 * len(doc["entities"])
-            for question, answer in zip(doc["questions"], doc["answers"], strict=True):
-                assert answer in doc["context"]
-                assert question.endswith("?")
-            for name in doc["entities"]:
-                assert name in doc["context"]
-    doc = facts["train"][0]
-    name = doc["entities"][0]
-    born = doc["questions"].index(f"When was {name} born?")
-    assert re.fullmatch(r"\d{1,2} [A-Z][a-z]+ 19\d\d", doc["answers"][born])
-    assert doc["answers"][doc["questions"].index(f"Where does {name} live?")] in D.CITIES
-
-
-def test_synthetic_facts_options_and_determinism():
-    a = D.synthetic_facts(30, seed=2, questions_per_entity=2, shuffle_sentences=True)
-    b = D.synthetic_facts(30, seed=2, questions_per_entity=2, shuffle_sentences=True)
-    assert all(a[s].to_list() == b[s].to_list() for s in a)
-    assert a["train"].to_list() != D.synthetic_facts(30, seed=3)["train"].to_list()
-    for doc in a["train"]:
-        assert len(doc["questions"]) == 2 * len(doc["entities"])
-    singles = D.synthetic_facts(10, seed=0, entities_per_document=(1, 1))
-    assert all(len(e) == 1 for s in singles.values() for e in s["entities"])
-    with pytest.raises(ValueError, match="at most"):
-        D.synthetic_facts(len(D.ONE_TOKEN_NAMES) + 1, one_token_names=True)
-    with pytest.raises(ValueError, match="too few"):
-        D.synthetic_facts(2)
-
-
-@pytest.mark.parametrize("one_token_names", [False, True])
-def test_fact_attribute_names_what_each_question_asks(one_token_names):
-    facts = D.synthetic_facts(20, seed=6, one_token_names=one_token_names, entities_per_document=(1, 1))
-    for doc in facts["train"]:
-        name = doc["entities"][0]
-        asked = {D.fact_attribute(q): a for q, a in zip(doc["questions"], doc["answers"], strict=True)}
-        assert set(asked) == {"birth_date", "city", "profession", "height", "company", "employees"}
-        assert f"{name} lives in {asked['city']}." in doc["context"]
-        assert f"{name} is {asked['height']} tall." in doc["context"]  # the answer is "NNN cm"
-    assert D.fact_attribute("Who signed the contract?") is None
-    assert D.fact_attribute("  Where does Ana Lopez live? ") == "city"
-
-
-def test_synthetic_facts_about_keeps_only_the_given_entities():
-    # one-token names come from one fixed list, so the same entities recur under other seeds
-    kwargs = {"num_entities": 1000, "one_token_names": True, "entities_per_document": (1, 2)}
-    canonical = D.synthetic_facts(seed=0, **kwargs)
-    train = {e for row in canonical["train"] for e in row["entities"]}
-    fresh = D.synthetic_facts_about(train, [1, 2], **kwargs)
-    assert len(fresh) > 100 and all(set(row["entities"]) <= train for row in fresh)
-    expected = [row for seed in (1, 2) for split in D.synthetic_facts(seed=seed, **kwargs).values()
-                for row in split if set(row["entities"]) <= train]
-    assert fresh.to_list() == expected  # every seed, every split, in order
-    with pytest.raises(ValueError, match="seed"):
-        D.synthetic_facts_about(train, [], **kwargs)
-
-
-def test_one_token_names_are_one_word_level_token():
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-
-    facts = D.synthetic_facts(50, seed=4, one_token_names=True)
-    texts = [c for s in facts.values() for c in s["context"]] + [
-        q for s in facts.values() for d in s["questions"] for q in d
-    ]
-    word_level = Tokenizer(models.WordLevel(unk_token="[UNK]"))
-    word_level.pre_tokenizer = pre_tokenizers.Whitespace()
-    word_level.train_from_iterator(texts, trainers.WordLevelTrainer(special_tokens=["[UNK]"]))
-    for split in facts.values():
-        for doc in split:
-            for answer in doc["answers"]:
-                assert "[UNK]" not in word_level.encode(answer).tokens
-            for name in doc["entities"]:
-                assert word_level.encode(name).tokens == [name]

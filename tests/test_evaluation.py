@@ -136,7 +136,7 @@ def shipped_backbone_scores():
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from shine_hf.assets import FACTS_BACKBONE, FACTS_CONTEXT_TEMPLATE, FACTS_DATA
-    from shine_hf.data import synthetic_facts
+    from shine_hf.testing.facts import synthetic_facts
 
     old = os.environ.get("HF_HUB_OFFLINE")
     os.environ["HF_HUB_OFFLINE"] = "1"
@@ -181,7 +181,7 @@ def test_shipped_hypernetwork_answers_from_the_generated_lora(monkeypatch):
     full test split measures F1 1.000, RESULTS.md); another document's LoRA gives other answers."""
     from shine_hf import ShineForCausalLM
     from shine_hf.assets import FACTS_DATA, FACTS_SHINE
-    from shine_hf.data import synthetic_facts
+    from shine_hf.testing.facts import synthetic_facts
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     model = ShineForCausalLM.from_pretrained(FACTS_SHINE).eval()  # backbone ../facts-llama, resolved locally

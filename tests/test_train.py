@@ -1,6 +1,7 @@
 """Training on transformers.Trainer: only the hypernetwork learns, checkpoints are shine-hf
-checkpoints, resuming continues the same run, activation checkpointing changes nothing, and the
-`python -m shine_hf.cli train` command trains end to end."""
+checkpoints, resuming continues the same run, activation checkpointing changes nothing, the
+arguments are declared once (dataclasses read by train(), the command line and the docs), and the
+`python -m shine_hf.cli train` command trains end to end and reports user errors in one line."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import math
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -23,9 +25,13 @@ from shine_hf.data import COMP_TOKEN, RECON_TOKEN, build_qa_dataset
 from shine_hf.testing import build_chat_tokenizer, tiny_backbone
 from shine_hf.testing.models import randomize_hypernetwork, tiny_shine
 from shine_hf.train import (
+    STAGE_LEARNING_RATES,
+    ShineDataArguments,
+    ShineModelArguments,
     ShineTrainer,
+    ShineTrainingArguments,
     TrainingError,
-    build_training_arguments,
+    parse_train_arguments,
     train,
 )
 
@@ -62,12 +68,12 @@ def _dataset(tokenizer, n: int = 4) -> Dataset:
     return build_qa_dataset(Dataset.from_list(_records(n)), tokenizer)[0]
 
 
-def _args(output_dir: Path, **overrides):
+def _args(output_dir: Path, **overrides) -> ShineTrainingArguments:
     values = dict(learning_rate=1e-2, warmup_steps=0, gradient_accumulation_steps=1,
                   per_device_train_batch_size=4, max_steps=1, logging_steps=1, save_steps=1000,
                   disable_tqdm=True, dataloader_pin_memory=False)
     values.update(overrides)
-    return build_training_arguments(output_dir, "ift", **values)
+    return ShineTrainingArguments(output_dir=str(output_dir), **values)
 
 
 def _losses(trainer) -> dict[int, float]:
@@ -157,7 +163,7 @@ def test_gradient_checkpointing_gives_the_same_first_step(tmp_path, monkeypatch)
     logs = {}
     for checkpointing in (False, True):
         model = _model()
-        trainer = ShineTrainer(model, _args(tmp_path / str(checkpointing), gradient_checkpointing=checkpointing),
+        trainer = ShineTrainer(model, _args(tmp_path / str(checkpointing), activation_checkpointing=checkpointing),
                                train_dataset=dataset)
         trainer.train()
         assert model.is_gradient_checkpointing is checkpointing
@@ -170,7 +176,7 @@ def test_gradient_checkpointing_gives_the_same_first_step(tmp_path, monkeypatch)
 def test_group_by_length_and_periodic_eval_loss(tmp_path):
     tokenizer = build_chat_tokenizer()
     dataset = _dataset(tokenizer, n=8)
-    args = _args(tmp_path, group_by_length=True, has_eval=True, eval_steps=1, max_steps=2,
+    args = _args(tmp_path, group_by_length=True, eval_strategy="steps", eval_steps=1, max_steps=2,
                  per_device_train_batch_size=2)
     assert args.train_sampling_strategy == "group_by_length"
     trainer = ShineTrainer(_model(), args, train_dataset=dataset, eval_dataset=_dataset(tokenizer, n=2))
@@ -208,9 +214,9 @@ def test_pretrain_then_instruction_tune_from_the_command_line(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(f"Report {i}: the shipment left Lyon on day {i} and reached Tarsk." for i in range(6)))
 
-    result = train(str(backbone_dir), corpus, stage="pretrain", output_dir=tmp_path / "pretrain", max_steps=3,
-                   gradient_accumulation_steps=1, per_device_train_batch_size=2, hypernetwork_config=HYPER,
-                   training_args={"disable_tqdm": True, "dataloader_pin_memory": False})
+    result = train(backbone=str(backbone_dir), data=corpus, stage="pretrain", output_dir=str(tmp_path / "pretrain"),
+                   max_steps=3, gradient_accumulation_steps=1, per_device_train_batch_size=2, **HYPER,
+                   disable_tqdm=True, dataloader_pin_memory=False)
     tokenizer, backbone = result.model.tokenizer, result.model.backbone
     # <RECON>/<COMP> were added; the embedding grew by their two rows, set to the mean of the others.
     assert {RECON_TOKEN, COMP_TOKEN} <= set(tokenizer.get_added_vocab())
@@ -257,26 +263,184 @@ def test_backbone_tokenizer_comes_from_the_backbone_revision(tmp_path, hub):
     grown.save_pretrained(tmp_path / "grown")
     api.upload_folder(repo_id=repo_id, folder_path=tmp_path / "grown")
 
-    result = train(repo_id, Dataset.from_list(_records(2)), backbone_revision=first, output_dir=tmp_path / "out",
-                   max_steps=1, per_device_train_batch_size=2, gradient_accumulation_steps=1, hypernetwork_config=HYPER,
-                   training_args={"disable_tqdm": True, "dataloader_pin_memory": False})
+    result = train(backbone=repo_id, data=Dataset.from_list(_records(2)), backbone_revision=first,
+                   output_dir=str(tmp_path / "out"), max_steps=1, per_device_train_batch_size=2,
+                   gradient_accumulation_steps=1, **HYPER, disable_tqdm=True, dataloader_pin_memory=False)
     assert "<later-token>" not in result.model.tokenizer.get_added_vocab()
     assert len(result.model.tokenizer) == len(build_chat_tokenizer())
 
 
-def test_command_line_errors_are_one_line(tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        app(["train", "--data", str(tmp_path / "missing.jsonl"), "--output-dir", str(tmp_path / "out"),
-              "--backbone", str(_save_backbone(tmp_path / "backbone"))])
-    assert exit_info.value.code == 1
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("Error: Training data not found") and "\n" not in err
+# ------------------------------------------------------------------------------ arguments
+
+
+def test_reference_defaults_live_in_the_training_arguments(tmp_path):
+    args = ShineTrainingArguments(output_dir=str(tmp_path))
+    assert args.optim == "adamw_torch" and args.lr_scheduler_type == "linear"
+    assert (args.weight_decay, args.warmup_steps, args.max_grad_norm, args.gradient_accumulation_steps) == (
+        0.01, 2000, 1.0, 4)
+    assert args.per_device_train_batch_size == args.per_device_eval_batch_size == 1
+    assert args.learning_rate is None and STAGE_LEARNING_RATES == {"pretrain": 5e-5, "ift": 1e-5}
+    assert args.remove_unused_columns is False and args.prediction_loss_only is True
+    assert args.ddp_find_unused_parameters is False and args.report_to == []
+    # the warmup is capped at 10% of a short run, and not capped without max_warmup_fraction
+    assert args.get_warmup_steps(100) == 10 and args.get_warmup_steps(100_000) == 2000
+    uncapped = ShineTrainingArguments(output_dir=str(tmp_path), max_warmup_fraction=None)
+    assert uncapped.get_warmup_steps(100) == 2000
+    assert ShineTrainingArguments(output_dir=str(tmp_path), group_by_length=True).train_sampling_strategy == (
+        "group_by_length")
+    assert ShineTrainingArguments(output_dir=str(tmp_path), report_to="tensorboard, wandb").report_to == [
+        "tensorboard", "wandb"]
+    with pytest.raises(TrainingError, match="learning_rate is None"):
+        ShineTrainer(_model(), args)
+
+
+def test_keyword_fields_build_the_same_dataclasses(tmp_path):
+    fields = dict(backbone="some/backbone", lora_rank=4, data=["qa.jsonl"], stage="pretrain", max_context_tokens=64,
+                  output_dir=str(tmp_path), learning_rate=1e-3, max_steps=7, seed=3)
+    model_args, data_args, training_args = parse_train_arguments(fields)
+    assert model_args == ShineModelArguments(backbone="some/backbone", lora_rank=4)
+    assert model_args.hypernetwork_config() == {"lora_rank": 4}
+    assert data_args == ShineDataArguments(data=["qa.jsonl"], stage="pretrain", max_context_tokens=64)
+    assert (training_args.learning_rate, training_args.max_steps, training_args.seed) == (1e-3, 7, 3)
+    with pytest.raises(TypeError, match="hypernetwork_config"):
+        parse_train_arguments({**fields, "hypernetwork_config": {}})
+    with pytest.raises(TypeError, match="not both"):
+        train(model_args, data_args, training_args, max_steps=1)
+
+
+def _command_options() -> dict[str, object]:
+    import typer
+
+    command = typer.main.get_command(app).commands["train"]
+    return {name: param for param in command.params for name in param.opts}
+
+
+def test_command_line_options_come_from_the_dataclasses(tmp_path):
+    options = _command_options()
+    for name in ("--data", "--output-dir", "-o", "--backbone", "--stage", "--from", "--resume", "--eval-data",
+                 "--eval-fraction", "--learning-rate", "--lr", "--epochs", "--max-steps", "--batch-size",
+                 "--gradient-accumulation-steps", "--warmup-steps", "--weight-decay", "--max-grad-norm",
+                 "--max-context-tokens", "--max-conversation-tokens", "--split-qa", "--shuffle-qa", "--pack-contexts",
+                 "--text-column", "--gradient-checkpointing", "--bf16", "--fp16", "--backbone-dtype",
+                 "--group-by-length", "--logging-steps", "--eval-steps", "--save-steps", "--save-total-limit",
+                 "--report-to", "--seed", "--lora-rank", "--metalora-rank", "--m2p-layers", "--lora-scale"):
+        assert name in options, name
+    training = ShineTrainingArguments(output_dir=str(tmp_path))
+    for option, field in (("--batch-size", "per_device_train_batch_size"), ("--warmup-steps", "warmup_steps"),
+                          ("--gradient-accumulation-steps", "gradient_accumulation_steps"),
+                          ("--logging-steps", "logging_steps"), ("--weight-decay", "weight_decay"),
+                          ("--max-warmup-fraction", "max_warmup_fraction"), ("--epochs", "num_train_epochs")):
+        assert options[option].default == getattr(training, field), option
+    assert options["--max-context-tokens"].default == ShineDataArguments(data=[]).max_context_tokens
+    assert options["--data"].required and options["--output-dir"].required
+    assert "1e-05 ift" in options["--lr"].help
+
+
+def test_docs_option_table_is_generated_from_the_dataclasses():
+    from shine_hf.cli.train import options_markdown
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
+    assert options_markdown() in docs, "regenerate the table: python -c 'from shine_hf.cli.train import " \
+                                       "options_markdown; print(options_markdown())'"
+
+
+# ------------------------------------------------------------------------------ user errors
+
+
+QA_LINE = json.dumps({"context": "Paris is in France.", "question": "Where is Paris?", "answer": "France"})
+
+# Data files (name -> content, extra options, the problem the one-line error must name).
+DATA_ERRORS = {
+    "missing.jsonl": (None, [], "Data file not found"),
+    "malformed.jsonl": (QA_LINE + '\n{"context": "b", "question": ', [], "malformed.jsonl is not valid JSON or JSONL"),
+    "empty.jsonl": ("", [], "Empty data file"),
+    "blank.jsonl": ("\n\n", [], "holds no JSON records"),
+    "columns.jsonl": ('{"text": "x", "title": "y"}\n', [], "QA records need 'context'"),
+    "no_answer.jsonl": (QA_LINE + '\n{"context": "b", "question": "q"}\n', [], "QA record 1: a question has no answer"),
+    "no_text.jsonl": (QA_LINE, ["--stage", "pretrain"], "no 'text' column"),
+}
+# Options given with good data (extra options -> the problem the one-line error must name).
+OPTION_ERRORS = {
+    ("--batch-size", "0"): "per_device_train_batch_size must be at least 1, got 0",
+    ("--gradient-accumulation-steps", "0"): "gradient_accumulation_steps must be at least 1",
+    ("--max-steps", "0"): "max_steps must be positive",
+    ("--epochs", "0"): "num_train_epochs must be positive",
+    ("--lr", "-1"): "learning_rate must be positive",
+    ("--warmup-steps", "-5"): "warmup_steps must be at least 0",
+    ("--logging-steps", "0"): "logging_steps must be positive",
+    ("--save-steps", "0"): "save_steps must be positive",
+    ("--eval-steps", "0"): "eval_steps must be positive",
+    ("--save-total-limit", "0"): "save_total_limit must be at least 1",
+    ("--max-context-tokens", "0"): "max_context_tokens must be at least 1",
+    ("--max-conversation-tokens", "-1"): "max_conversation_tokens must be at least 1",
+    ("--eval-fraction", "1"): "eval_fraction must be in [0, 1)",
+    ("--lora-rank", "0"): "lora_rank and metalora_rank",
+    ("--m2p-layers", "3"): "positive even number",
+    ("--backbone-dtype", "bf17"): "Unknown backbone dtype 'bf17'",
+    ("--eval-data", "MALFORMED"): "eval.jsonl is not valid JSON",
+}
+
+
+def _one_line_error(tmp_path: Path, data: Path, options: list[str]) -> str:
+    """Run `shine train` with a backbone path that does not exist (so nothing may load a model
+    before the error), check it ends in one `Error: ...` line and exit code 1, return that line."""
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(app, ["train", "--backbone", str(tmp_path / "no-such-backbone"), "--output-dir",
+                                      str(tmp_path / "out"), "--data", str(data), *options])
+    assert result.exit_code == 1, (result.output, result.exception)
+    assert isinstance(result.exception, SystemExit)  # no traceback: an exit, not an escaped exception
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    assert not (tmp_path / "out").exists()
+    return lines[0]
+
+
+@pytest.mark.parametrize("name", list(DATA_ERRORS))
+def test_unusable_data_is_a_one_line_error_before_any_model_work(tmp_path, name):
+    content, options, problem = DATA_ERRORS[name]
+    data = tmp_path / name
+    if content is not None:
+        data.write_text(content)
+    assert problem in _one_line_error(tmp_path, data, options)
+
+
+@pytest.mark.parametrize(("options", "problem"), list(OPTION_ERRORS.items()))
+def test_bad_options_are_one_line_errors_before_any_model_work(tmp_path, options, problem):
+    data = tmp_path / "qa.jsonl"
+    data.write_text(QA_LINE)
+    (tmp_path / "eval.jsonl").write_text("[1,")
+    options = [str(tmp_path / "eval.jsonl") if o == "MALFORMED" else o for o in options]
+    assert problem in _one_line_error(tmp_path, data, options)
 
 
 def test_train_needs_a_known_stage_and_a_backbone(tmp_path):
+    records = Dataset.from_list(_records(2))
     with pytest.raises(TrainingError, match="stage"):
-        train(None, [], stage="finetune", output_dir=tmp_path)
+        train(data=records, stage="finetune", output_dir=str(tmp_path))
     with pytest.raises(TrainingError, match="No backbone"):
-        train(None, [], output_dir=tmp_path)
+        train(data=records, output_dir=str(tmp_path))
     with pytest.raises(TrainingError, match="resume"):
-        train(None, [], output_dir=tmp_path, resume_from_checkpoint=True)
+        train(data=records, output_dir=str(tmp_path), resume_from_checkpoint=True)
+
+
+def test_the_train_command_module_defers_its_heavy_imports():
+    """Importing shine_hf/cli/train.py loads neither shine_hf.train nor transformers' TrainingArguments
+    (the options are generated when the command is built), so `shine` can register it lazily."""
+    code = textwrap.dedent(
+        """
+        import importlib.util, sys, types
+        import shine_hf
+        spec = importlib.util.find_spec("shine_hf.cli")  # the package without its command registration
+        package = types.ModuleType("shine_hf.cli")
+        package.__path__ = spec.submodule_search_locations
+        sys.modules["shine_hf.cli"] = package
+        import shine_hf.cli.train as command
+        print("transformers.training_args" in sys.modules, "shine_hf.train" in sys.modules)
+        command.build_train_command()
+        print("transformers.training_args" in sys.modules, "shine_hf.train" in sys.modules)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "False", "True", "True"]

@@ -1,154 +1,183 @@
-"""`shine train`: train a SHINE hypernetwork on a frozen backbone (`shine_hf.train.train`)."""
+"""`shine train`: train a SHINE hypernetwork on a frozen backbone (`shine_hf.train.train`).
+
+The options are generated from the argument dataclasses of `shine_hf.train`
+(`ShineModelArguments`, `ShineDataArguments` and the `ShineTrainingArguments` fields named in
+`TRAINING_OPTIONS`): every option's type, default and help come from its field, so they are
+declared once. An option is `--field-name`, plus the field's `aliases` (`--from`) or those given
+here (`--batch-size`, `--lr`, `-o`, ...).
+
+Those dataclasses subclass `transformers.TrainingArguments` (and `shine_hf.train` needs
+`datasets`), so generating the options imports transformers, torch and datasets. This module
+imports none of them: `build_train_command()` builds the command on demand, and `train_command`
+(the built command) is created on first access.
+"""
 
 from __future__ import annotations
 
-from enum import Enum
-from pathlib import Path
-from typing import Annotated
+import dataclasses
+import functools
+import inspect
+import types
+import typing
+from collections.abc import Callable, Iterator
+from typing import Annotated, Any, Union
 
-import torch
 import typer
-from rich.console import Console
 from rich.text import Text
 
-from ..modeling import ShineError
-from ..train import RichProgressCallback, train
+from ._common import console, fail_cleanly
+
+__all__ = ["TRAINING_OPTIONS", "build_train_command", "option_rows", "options_markdown"]
+
+TRAINING_OPTIONS: dict[str, tuple[str, ...]] = {
+    "output_dir": ("-o",),
+    "resume_from_checkpoint": ("--resume",),
+    "learning_rate": ("--lr",),
+    "num_train_epochs": ("--epochs",),
+    "max_steps": (),
+    "per_device_train_batch_size": ("--batch-size",),
+    "gradient_accumulation_steps": (),
+    "warmup_steps": (),
+    "max_warmup_fraction": (),
+    "weight_decay": (),
+    "max_grad_norm": (),
+    "activation_checkpointing": ("--gradient-checkpointing",),
+    "bf16": (),
+    "fp16": (),
+    "group_by_length": (),
+    "logging_steps": (),
+    "eval_steps": (),
+    "save_steps": (),
+    "save_total_limit": (),
+    "report_to": (),
+    "seed": (),
+}
+"""The `ShineTrainingArguments` fields that `shine train` offers, each with its extra option names.
+Any other `TrainingArguments` field stays reachable from Python (`shine_hf.train.train`)."""
+
+_PANELS = {"ShineModelArguments": "Model", "ShineDataArguments": "Data", "ShineTrainingArguments": "Training"}
 
 
-class StageChoice(str, Enum):
-    """Training stage for the command line."""
+@dataclasses.dataclass(frozen=True)
+class _Option:
+    """One command-line option, derived from one dataclass field."""
 
-    pretrain = "pretrain"
-    ift = "ift"
+    name: str
+    names: tuple[str, ...]
+    annotation: Any
+    default: Any
+    help: str
+    panel: str
+
+    @property
+    def required(self) -> bool:
+        return self.default is inspect.Parameter.empty
 
 
-def train_command(
-    data: Annotated[list[str], typer.Option("--data", help="Training data: QA JSON/JSONL (ift) or a text corpus "
-                                                      "(.txt, JSON/JSONL with --text-column, a directory) for "
-                                                      "pretraining. Repeat for several files.")],
-    output_dir: Annotated[Path, typer.Option("--output-dir", "-o", help="Where checkpoints, logs and the final "
-                                                                   "checkpoint go.")],
-    backbone: Annotated[str | None, typer.Option("--backbone", help="Hub id or local path of the backbone (default: "
-                                                               "the one named by --from / the resumed "
-                                                               "checkpoint).")] = None,
-    stage: Annotated[StageChoice, typer.Option("--stage", help="pretrain (RECON/COMP on text) or ift (QA).")]
-    = StageChoice.ift,
-    from_checkpoint: Annotated[str | None, typer.Option("--from", help="shine-hf checkpoint to start from (e.g. a "
-                                                                  "pretraining checkpoint for ift).")] = None,
-    resume: Annotated[str | None, typer.Option("--resume", help="Resume an interrupted run: a checkpoint-N "
-                                                           "directory or 'latest'.")] = None,
-    eval_data: Annotated[list[str] | None, typer.Option("--eval-data", help="Evaluation data (same kinds as "
-                                                                       "--data).")] = None,
-    eval_fraction: Annotated[float, typer.Option("--eval-fraction", help="Hold out this fraction of the data for "
-                                                                    "evaluation instead.")] = 0.0,
-    learning_rate: Annotated[float | None, typer.Option("--learning-rate", "--lr", help="Default: 5e-5 pretrain, "
-                                                                                   "1e-5 ift.")] = None,
-    epochs: Annotated[float, typer.Option("--epochs", help="Training epochs.")] = 1.0,
-    max_steps: Annotated[int, typer.Option("--max-steps", help="Stop after this many optimizer steps (overrides "
-                                                          "--epochs).")] = -1,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Samples per device per micro-batch.")] = 1,
-    gradient_accumulation_steps: Annotated[int, typer.Option("--gradient-accumulation-steps",
-                                                        help="Micro-batches per optimizer step.")] = 4,
-    warmup_steps: Annotated[int, typer.Option("--warmup-steps", help="Linear warmup steps (capped at 10% of the "
-                                                                "run).")] = 2000,
-    weight_decay: Annotated[float, typer.Option("--weight-decay", help="AdamW weight decay.")] = 0.01,
-    max_grad_norm: Annotated[float, typer.Option("--max-grad-norm", help="Gradient clipping norm.")] = 1.0,
-    max_context_tokens: Annotated[int, typer.Option("--max-context-tokens", help="Context budget (tokens).")] = 1024,
-    max_conversation_tokens: Annotated[int, typer.Option("--max-conversation-tokens",
-                                                    help="Conversation budget (tokens).")] = 1024,
-    split_qa: Annotated[bool, typer.Option("--split-qa", help="ift: one sample per QA pair.")] = False,
-    shuffle_qa: Annotated[bool, typer.Option("--shuffle-qa", help="ift: ask each record's questions in a "
-                                                              "random (seeded) order.")] = False,
-    pack_contexts: Annotated[bool, typer.Option("--pack-contexts", help="Pack short records into one "
-                                                                   "sample.")] = False,
-    text_column: Annotated[str, typer.Option("--text-column", help="Text field of JSON pretraining data.")] = "text",
-    gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing",
-                                                    help="Activation checkpointing of the backbone.")] = False,
-    bf16: Annotated[bool, typer.Option("--bf16", help="bfloat16 mixed precision.")] = False,
-    fp16: Annotated[bool, typer.Option("--fp16", help="float16 mixed precision.")] = False,
-    backbone_dtype: Annotated[str | None, typer.Option("--backbone-dtype", help="Load the backbone in this dtype "
-                                                                           "(bfloat16, float16, float32, "
-                                                                           "auto).")] = None,
-    group_by_length: Annotated[bool, typer.Option("--group-by-length", help="Batch samples of similar "
-                                                                       "length.")] = False,
-    logging_steps: Annotated[int, typer.Option("--logging-steps", help="Log every N optimizer steps.")] = 10,
-    eval_steps: Annotated[int | None, typer.Option("--eval-steps", help="Eval loss every N steps (default: "
-                                                                   "--save-steps).")] = None,
-    save_steps: Annotated[int, typer.Option("--save-steps", help="Checkpoint every N optimizer steps.")] = 500,
-    save_total_limit: Annotated[int | None, typer.Option("--save-total-limit", help="Keep at most N "
-                                                                               "checkpoints.")] = None,
-    report_to: Annotated[str, typer.Option("--report-to", help="none, tensorboard, wandb, all (comma-separated "
-                                                          "list allowed).")] = "none",
-    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 42,
-    lora_rank: Annotated[int | None, typer.Option("--lora-rank", help="New hypernetwork: rank r of the generated "
-                                                                 "LoRA [default: 8].")] = None,
-    metalora_rank: Annotated[int | None, typer.Option("--metalora-rank", help="New hypernetwork: meta-LoRA rank R "
-                                                                         "[default: 128].")] = None,
-    m2p_num_layers: Annotated[int | None, typer.Option("--m2p-layers", help="New hypernetwork: M2P layers, even "
-                                                                        "[default: 4].")] = None,
-    lora_scale: Annotated[float | None, typer.Option("--lora-scale", help="New hypernetwork: LoRA scale s "
-                                                                      "[default: 0.001].")] = None,
-) -> None:
-    """Train a SHINE hypernetwork (pretraining or instruction tuning) on a frozen backbone."""
+def _cli_type(hint: Any) -> Any:
+    """The type typer parses for a field's type hint: `X | None` stays optional, a union that
+    admits `str` (an enum or a list given as text) is parsed as `str`."""
+    if typing.get_origin(hint) in (Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if str in args:
+            return str | None
+        if args == [bool]:
+            return bool
+        if len(args) == 1:
+            return _cli_type(args[0]) | None
+    return hint
+
+
+def _options() -> Iterator[_Option]:
+    from ..train import ARGUMENT_CLASSES
+
+    for cls in ARGUMENT_CLASSES:
+        hints = typing.get_type_hints(cls)
+        panel = _PANELS[cls.__name__]
+        by_name = {f.name: f for f in dataclasses.fields(cls)}
+        names = list(TRAINING_OPTIONS) if panel == "Training" else list(by_name)
+        for name in names:
+            field = by_name[name]
+            extra = TRAINING_OPTIONS.get(name, ()) if panel == "Training" else field.metadata.get("aliases", ())
+            annotation = _cli_type(hints[name])
+            if field.default is not dataclasses.MISSING:
+                default = field.default
+            elif field.default_factory is not dataclasses.MISSING:
+                default = field.default_factory()
+            else:
+                default = inspect.Parameter.empty
+            if annotation is bool and default is None:
+                default = False
+            help_text = " ".join(field.metadata.get("help", "").replace("%%", "%").split())  # argparse escapes
+            yield _Option(name, (*extra, "--" + name.replace("_", "-")), annotation, default, help_text, panel)
+
+
+def _run(**values: Any) -> None:
+    """Train with the parsed options; `ShineError`s end as one `Error: ...` line and exit code 1."""
     import datasets
 
+    from ..train import RichProgressCallback, parse_train_arguments, train
+
     datasets.disable_progress_bars()
-    console = Console(highlight=False, soft_wrap=True)
-    error_console = Console(stderr=True, highlight=False, soft_wrap=True)
-    hypernetwork_config = {k: v for k, v in dict(lora_rank=lora_rank, metalora_rank=metalora_rank,
-                                                 m2p_num_layers=m2p_num_layers, lora_scale=lora_scale).items()
-                           if v is not None}
-    reports = [r.strip() for r in report_to.split(",") if r.strip()] or ["none"]
-    dtype = None if backbone_dtype in (None, "auto") else getattr(torch, backbone_dtype, None)
-    if backbone_dtype not in (None, "auto") and not isinstance(dtype, torch.dtype):
-        error_console.print(Text("Error: ", style="bold red") + Text(f"unknown dtype {backbone_dtype!r}."))
-        raise typer.Exit(code=1)
-    try:
-        result = train(
-            backbone,
-            data if len(data) > 1 else data[0],
-            output_dir=output_dir,
-            stage=stage.value,
-            from_checkpoint=from_checkpoint,
-            resume_from_checkpoint=resume,
-            eval_data=(eval_data if len(eval_data) > 1 else eval_data[0]) if eval_data else None,
-            eval_fraction=eval_fraction,
-            learning_rate=learning_rate,
-            weight_decay=weight_decay,
-            warmup_steps=warmup_steps,
-            max_grad_norm=max_grad_norm,
-            gradient_accumulation_steps=gradient_accumulation_steps,
-            per_device_train_batch_size=batch_size,
-            num_train_epochs=epochs,
-            max_steps=max_steps,
-            max_context_tokens=max_context_tokens,
-            max_conversation_tokens=max_conversation_tokens,
-            split_qa=split_qa,
-            shuffle_qa=shuffle_qa,
-            pack_contexts=pack_contexts,
-            text_column=text_column,
-            backbone_dtype=dtype,
-            bf16=bf16,
-            fp16=fp16,
-            gradient_checkpointing=gradient_checkpointing,
-            group_by_length=group_by_length,
-            logging_steps=logging_steps,
-            eval_steps=eval_steps,
-            save_steps=save_steps,
-            save_total_limit=save_total_limit,
-            report_to=reports if len(reports) > 1 else reports[0],
-            seed=seed,
-            hypernetwork_config=hypernetwork_config or None,
-            callbacks=[RichProgressCallback(console=console)],
-            training_args={"disable_tqdm": True},
-        )
-    except ShineError as error:
-        message = " ".join(str(error).split())
-        error_console.print(Text("Error: ", style="bold red") + Text(message))
-        raise typer.Exit(code=1) from None
+    values = {name: (value or None) if isinstance(value, (list, tuple)) else value for name, value in values.items()}
+    with fail_cleanly():
+        model_args, data_args, training_args = parse_train_arguments({**values, "disable_tqdm": True})
+        result = train(model_args, data_args, training_args, callbacks=[RichProgressCallback(console=console)])
     if result.trainer.is_world_process_zero():
         loss = result.metrics.get("train_loss")
         summary = f"Trained {result.trainer.state.global_step} steps"
         if loss is not None:
             summary += f" (mean loss {loss:.4f})"
-        console.print(Text("✓ ", style="bold green") + Text(f"{summary} → {output_dir}"))
+        console.print(Text("✓ ", style="bold green") + Text(f"{summary} → {training_args.output_dir}"))
+
+
+def build_train_command() -> Callable[..., None]:
+    """The `shine train` command function, its typer options generated from the argument dataclasses."""
+
+    def train_command(**values: Any) -> None:
+        """Train a SHINE hypernetwork (pretraining or instruction tuning) on a frozen backbone."""
+        _run(**values)
+
+    parameters = []
+    for option in _options():
+        annotation = Annotated[option.annotation, typer.Option(*option.names, help=option.help,
+                                                               rich_help_panel=option.panel)]
+        parameters.append(inspect.Parameter(option.name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
+                                            default=option.default))
+    # Required options first: a signature lists parameters without defaults before the others.
+    parameters.sort(key=lambda p: p.default is not inspect.Parameter.empty)
+    train_command.__signature__ = inspect.Signature(parameters)
+    train_command.__annotations__ = {p.name: p.annotation for p in parameters}
+    return train_command
+
+
+def option_rows() -> list[tuple[str, str, str]]:
+    """(option names, default, help) of every `shine train` option, in command order."""
+    rows = []
+    for option in _options():
+        if option.required:
+            default = "required"
+        elif option.annotation is bool:
+            default = "on" if option.default else "off"
+        else:
+            default = "" if option.default is None else str(option.default)
+        rows.append((", ".join(f"`{n}`" for n in option.names), default, option.help))
+    return rows
+
+
+def options_markdown() -> str:
+    """The option table of docs/training.md, generated from the dataclasses (a test checks the docs)."""
+    lines = ["| Option | Default | Meaning |", "|---|---|---|"]
+    lines += [f"| {names} | {default} | {help_text} |" for names, default, help_text in option_rows()]
+    return "\n".join(lines) + "\n"
+
+
+@functools.cache
+def _train_command() -> Callable[..., None]:
+    return build_train_command()
+
+
+def __getattr__(name: str) -> Any:
+    if name == "train_command":  # built on first access: it imports transformers
+        return _train_command()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
