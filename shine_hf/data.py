@@ -40,8 +40,7 @@ import torch
 from datasets import Dataset, Features, List, Value, concatenate_datasets
 from datasets.exceptions import DatasetGenerationError
 
-from .modeling import ShineError
-from .modeling.modeling_shine import pad_token_ids
+from .modeling import ShineError, pad_token_ids
 from .modeling.prompting import EMPTY_THINK_BLOCK, question_prompt, render_chat
 
 __all__ = [

@@ -18,7 +18,6 @@ from typer.testing import CliRunner
 from shine_hf import CheckpointError, ShineAdapter
 from shine_hf.assets import FACTS_CONTEXT_TEMPLATE, FACTS_DATA, FACTS_SHINE
 from shine_hf.cli import app
-from shine_hf.data import synthetic_facts
 from shine_hf.demo import (
     DemoCallbacks,
     ServerStartError,
@@ -30,6 +29,7 @@ from shine_hf.demo import (
 from shine_hf.demo.app import MODEL_QUEUE
 from shine_hf.demo.callbacks import format_seconds, format_size
 from shine_hf.modeling.prompting import IN_CONTEXT_TEMPLATE
+from shine_hf.testing.facts import synthetic_facts
 
 runner = CliRunner()
 

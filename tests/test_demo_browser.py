@@ -25,8 +25,8 @@ from playwright.sync_api import expect, sync_playwright
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from shine_hf.assets import FACTS_BACKBONE, FACTS_DATA
-from shine_hf.data import synthetic_facts
 from shine_hf.modeling.prompting import question_prompt
+from shine_hf.testing.facts import synthetic_facts
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Headless as root on a closed network: no sandbox, no GPU, nothing that phones home.

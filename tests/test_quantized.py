@@ -14,7 +14,7 @@ from transformers import BitsAndBytesConfig  # noqa: E402
 
 from shine_hf import IncompatibleAdapterError, ShineForCausalLM  # noqa: E402
 from shine_hf.assets import FACTS_DATA, FACTS_SHINE  # noqa: E402
-from shine_hf.data import synthetic_facts  # noqa: E402
+from shine_hf.testing.facts import synthetic_facts  # noqa: E402
 
 NF4 = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
 INT8 = BitsAndBytesConfig(load_in_8bit=True)
@@ -59,6 +59,6 @@ def test_merging_into_quantized_weights_is_refused_before_any_change(records):
     adapter = model.internalize(records[0]["context"])
     layer = model.backbone.get_submodule(model.layers_path)[0].get_submodule(model.targets[0].name)
     before = layer.weight.clone()
-    with pytest.raises(IncompatibleAdapterError, match="(?i)quantiz|floating"):
+    with pytest.raises(IncompatibleAdapterError, match=r"(?i)quantiz|floating"):
         adapter.merge_into(model.backbone)
     assert torch.equal(layer.weight, before)

@@ -374,7 +374,7 @@ OPTION_ERRORS = {
     ("--max-context-tokens", "0"): "max_context_tokens must be at least 1",
     ("--max-conversation-tokens", "-1"): "max_conversation_tokens must be at least 1",
     ("--eval-fraction", "1"): "eval_fraction must be in [0, 1)",
-    ("--lora-rank", "0"): "lora_rank and metalora_rank",
+    ("--lora-rank", "0"): "lora_rank must be an integer >= 1",
     ("--m2p-layers", "3"): "positive even number",
     ("--backbone-dtype", "bf17"): "Unknown backbone dtype 'bf17'",
     ("--eval-data", "MALFORMED"): "eval.jsonl is not valid JSON",

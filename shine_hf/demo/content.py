@@ -49,7 +49,7 @@ TOY_NOTICE = (
 def toy_facts_content() -> DemoContent:
     """The page for the shipped toy models: a held-out synthetic-facts document and its questions."""
     from ..assets import FACTS_CONTEXT_TEMPLATE, FACTS_DATA
-    from ..data import synthetic_facts
+    from ..testing.facts import synthetic_facts
 
     record = synthetic_facts(**FACTS_DATA)["test"][0]
     return DemoContent(
