@@ -422,3 +422,79 @@ def test_released_qwen3_8b_sizes():
     assert sum(t.lora_numel(8) for t in targets) == 606_208
     assert infer_lora_rank(targets, 4096, 148) == 8
     assert default_m2p_num_heads(config) == 32
+
+
+# ---------------------------------------------------------------------------- options and layout
+@pytest.mark.parametrize("kwargs", [{"lora_scale": 0.0}, {"lora_scale": -1.0}, {"lora_scale": float("nan")},
+                                    {"lora_scale": float("inf")}, {"m2p_num_heads": 0}, {"m2p_num_heads": -4}])
+def test_impossible_options_are_refused_before_any_work(kwargs, backbone, tmp_path):
+    name = next(iter(kwargs))
+    with pytest.raises(ValueError, match=rf"{name} must be (a )?positive"):
+        convert_reference_checkpoint(tmp_path / "never-read", backbone, tmp_path / "out", **kwargs)
+    assert not (tmp_path / "out").exists()
+
+
+def test_out_dir_that_is_a_file_is_refused(reference_dir, backbone, tmp_path):
+    target = tmp_path / "taken"
+    target.write_text("keep me")
+    with pytest.raises(CheckpointError, match="is a file"):
+        convert_reference_checkpoint(reference_dir, backbone, target)
+    assert target.read_text() == "keep me"
+
+
+def test_missing_and_unsupported_tensors_are_named_per_file(reference_objects, backbone, tmp_path):
+    objects = dict(reference_objects)
+    objects["metanetwork"] = {k: v for k, v in reference_objects["metanetwork"].items()
+                              if k != "transformer_layers.1.norm2.bias"}
+    metalora = {layer: {group: dict(modules) for group, modules in groups.items()}
+                for layer, groups in reference_objects["metalora"].items()}
+    metalora[0]["attention"]["q"] = {**metalora[0]["attention"]["q"], "D": torch.zeros(1)}
+    objects["metalora"] = metalora
+    del objects["ift_additional_metalora"]
+    source = save_reference_checkpoint(objects, tmp_path / "ref")
+    with pytest.raises(CheckpointError) as error:
+        convert_reference_checkpoint(source, backbone, tmp_path / "out")
+    assert str(error.value) == (
+        "metanetwork.pth is not in the reference layout: missing transformer_layers.1.norm2.bias. "
+        "metalora.pth is not in the reference layout: unsupported [0]['attention']['q']['D']."
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_lora_tensors_without_the_batch_axis_are_refused(reference_objects, tmp_path):
+    objects = dict(reference_objects)
+    metalora = {layer: {group: dict(modules) for group, modules in groups.items()}
+                for layer, groups in reference_objects["metalora"].items()}
+    metalora[1]["mlp"]["down"] = {**metalora[1]["mlp"]["down"], "A": metalora[1]["mlp"]["down"]["A"][0]}
+    objects["metalora"] = metalora
+    del objects["ift_additional_metalora"]
+    source = save_reference_checkpoint(objects, tmp_path / "ref")
+    with pytest.raises(CheckpointError, match=r"metalora\.pth\[1\]\['mlp'\]\['down'\]\['A'\] has shape \(64, 3\)"):
+        load_reference_checkpoint(source)
+
+
+def test_odd_m2p_depth_is_a_checkpoint_error(reference_objects, backbone, tmp_path):
+    objects = dict(reference_objects)
+    objects["metanetwork"] = {k: v for k, v in reference_objects["metanetwork"].items()
+                              if not k.startswith("transformer_layers.1.")}
+    source = save_reference_checkpoint(objects, tmp_path / "ref")
+    with pytest.raises(CheckpointError, match="m2p_num_layers must be a positive even number"):
+        convert_reference_checkpoint(source, backbone, tmp_path / "out")
+
+
+def test_bias_deltas_must_match_the_backbone_biases(reference_dir, tmp_path):
+    """A checkpoint for bias-free Qwen3 on Qwen2 (biased q/k/v): the missing C are named with shapes."""
+    with pytest.raises(BackboneMismatchError, match=r"\['attention'\]\['q'\]\['C'\] has shape None, the backbone "
+                                                    r"needs \(32,\)"):
+        convert_reference_checkpoint(reference_dir, tiny_backbone("qwen2", seed=0), tmp_path / "out")
+
+
+def test_non_tensor_values_are_refused(reference_objects, tmp_path):
+    objects = dict(reference_objects)
+    objects["metalora"] = {0: {"attention": {"q": {"A": [1.0, 2.0]}}}}
+    source = save_reference_checkpoint(objects, tmp_path / "ref")
+    with pytest.raises(CheckpointError, match=r"metalora\.pth\[0\]\['attention'\]\['q'\]\['A'\] holds a list"):
+        load_reference_checkpoint(source)
+    objects["metalora"] = []
+    with pytest.raises(CheckpointError, match=r"metalora\.pth holds a list; expected a non-empty dict"):
+        load_reference_checkpoint(save_reference_checkpoint(objects, tmp_path / "ref2"))
