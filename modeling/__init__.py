@@ -5,22 +5,28 @@ from .configuration_shine import ShineConfig
 from .errors import (
     BackboneMismatchError,
     CheckpointError,
+    ConfigError,
     ContextTooLongError,
     EmptyContextError,
     IncompatibleAdapterError,
+    InvalidInputError,
     ReferenceFormatError,
     ShineError,
     UnsupportedBackboneError,
 )
+from .inputs import pad_token_ids
 from .lora import LoraWeights, TargetModule
-from .modeling_shine import ShineForCausalLM, ShinePreTrainedModel
+from .modeling_shine import ShineForCausalLM
+from .pretrained import ShinePreTrainedModel
 
 __all__ = [
     "BackboneMismatchError",
     "CheckpointError",
+    "ConfigError",
     "ContextTooLongError",
     "EmptyContextError",
     "IncompatibleAdapterError",
+    "InvalidInputError",
     "LoraWeights",
     "ReferenceFormatError",
     "ShineAdapter",
@@ -30,4 +36,5 @@ __all__ = [
     "ShinePreTrainedModel",
     "TargetModule",
     "UnsupportedBackboneError",
+    "pad_token_ids",
 ]

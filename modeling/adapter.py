@@ -19,10 +19,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .checkpoint import push_in_one_commit, render_card
 from .errors import CheckpointError, IncompatibleAdapterError
 from .io_utils import atomic_directory
 from .lora import TARGET_MODULE_CANDIDATES, LoraWeights, TargetModule
+from .model_card import render_card
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
@@ -114,9 +114,60 @@ class ShineAdapter:
         }
         return first._with(lora)
 
-    def check_same_layout(self, other: ShineAdapter) -> None:
-        if (other.layers_path, other.targets, other.num_layers, other.rank) != (
-            self.layers_path, self.targets, self.num_layers, self.rank
+    @classmethod
+    def compose(
+        cls,
+        adapters: Sequence[ShineAdapter],
+        method: str = "concat",
+        weights: Sequence[float] | None = None,
+    ) -> ShineAdapter:
+        """One adapter whose delta combines the deltas of `adapters` (chunks of one document, or
+        several documents), exactly:
+
+        - `"concat"`: ranks stacked, ΔW = Σ_i A_i B_i (the sum of the deltas; bias deltas summed);
+        - `"mean"`: their average, ΔW = (1/k) Σ_i A_i B_i;
+        - `"weighted"`: ΔW = Σ_i w_i A_i B_i with one weight per adapter.
+
+        The rank of the result is the sum of the ranks (use `to_rank` for a smaller adapter). Every
+        adapter must have the same layout (backbone, target modules, layers) and batch size; with
+        batch size b > 1, row j of the result composes row j of each adapter.
+
+        Raises:
+            IncompatibleAdapterError: adapters of different backbones, target modules or batch sizes.
+        """
+        from .composition import compose_loras, composition_weights
+
+        if not adapters:
+            raise ValueError("compose() needs at least one adapter.")
+        first = adapters[0]
+        for other in adapters[1:]:
+            first.check_same_layout(other, ignore_rank=True)
+            if len(other) != len(first):
+                raise IncompatibleAdapterError(
+                    f"Adapters of batch sizes {len(first)} and {len(other)} cannot be composed row by row."
+                )
+        factors = composition_weights(method, len(adapters), weights)
+        return first._with(compose_loras([a.lora for a in adapters], factors))
+
+    def to_rank(self, rank: int) -> ShineAdapter:
+        """The best rank-`rank` approximation of every module's delta (truncated SVD, in float64), bias
+        deltas unchanged: a smaller standard PEFT adapter of a size you choose.
+
+        Raises:
+            IncompatibleAdapterError: `rank` is larger than the adapter's rank.
+        """
+        from .composition import truncate_rank
+
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+            raise ValueError(f"rank must be a positive integer, got {rank!r}.")
+        return self._with(truncate_rank(self.lora, rank))
+
+    def check_same_layout(self, other: ShineAdapter, ignore_rank: bool = False) -> None:
+        """Raise IncompatibleAdapterError unless `other` adapts the same modules of the same backbone
+        (and, unless `ignore_rank`, with the same rank)."""
+        rank = (lambda a: None) if ignore_rank else (lambda a: a.rank)
+        if (other.layers_path, other.targets, other.num_layers, rank(other)) != (
+            self.layers_path, self.targets, self.num_layers, rank(self)
         ):
             raise IncompatibleAdapterError(
                 "Adapters of different layouts cannot be combined: "
@@ -350,8 +401,18 @@ class ShineAdapter:
         """Create `repo_id` if needed and upload the PEFT adapter (with model card) in one commit.
 
         Returns the commit URL."""
-        return push_in_one_commit(self, repo_id, private=private, token=token, revision=revision,
-                                  commit_message=commit_message)
+        import tempfile
+
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+        repo = api.create_repo(repo_id, private=private, exist_ok=True)
+        self.card_info = {**(getattr(self, "card_info", None) or {}), "repo_id": repo.repo_id}
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp)
+            commit = api.upload_folder(repo_id=repo.repo_id, folder_path=tmp, commit_message=commit_message,
+                                       revision=revision)
+        return commit.commit_url
 
     def __repr__(self) -> str:
         return (

@@ -8,6 +8,14 @@ class ShineError(Exception):
     """Base class of every error raised by shine-hf on purpose."""
 
 
+class ConfigError(ShineError, ValueError):
+    """A SHINE configuration value is missing, of the wrong type or out of range."""
+
+
+class InvalidInputError(ShineError, TypeError, ValueError):
+    """An input has the wrong type, shape or values (e.g. token ids outside the vocabulary)."""
+
+
 class EmptyContextError(ShineError, ValueError):
     """A context to internalize holds no tokens."""
 

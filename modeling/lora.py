@@ -23,7 +23,7 @@ from torch import nn
 from .errors import IncompatibleAdapterError, UnsupportedBackboneError
 
 # Projections SHINE adapts, relative to a decoder layer, in the order their parameters are read
-# from the M2P output: q, k, v, o, gate, up, down (DESIGN.md section 1). Fused layouts (Phi-3's
+# from the M2P output: q, k, v, o, gate, up, down (docs/method.md). Fused layouts (Phi-3's
 # qkv_proj / gate_up_proj, GPT-2's c_attn) keep that order.
 TARGET_MODULE_CANDIDATES: tuple[str, ...] = (
     "self_attn.q_proj",
@@ -209,11 +209,15 @@ def lora_delta(x: torch.Tensor, weights: LoraWeights) -> torch.Tensor:
 class LoraInjector:
     """Owns forward hooks on a backbone's target modules and applies whichever LoRA is active.
 
+    Also the hypernetwork's handle on the backbone: `backbone` and its decoder `layers`.
+
     Only one LoRA is active at a time; `activate` nests (the previous one is restored on exit).
     """
 
     def __init__(self, backbone: nn.Module, layers_path: str, targets: list[TargetModule]):
         layers = backbone.get_submodule(layers_path)
+        self.backbone = backbone
+        self.layers = layers
         self.targets = targets
         self._active: LoraDict | None = None
         self._handles = []

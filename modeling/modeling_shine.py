@@ -1,59 +1,41 @@
 """SHINE: a hypernetwork that writes a LoRA for a frozen causal LM from a context, in one pass.
 
 `ShineForCausalLM` wraps an unmodified transformers causal LM (`model.backbone`) and a
-`ShineHypernetwork` (memory tokens, meta-LoRA, M2P). LoRAs reach the backbone through forward
-hooks on its target projections (see `lora.py`), so one code path serves training, inference,
-generation with the KV cache and a batch of different adapters.
+`ShineHypernetwork` (memory tokens, meta-LoRA, M2P; `hypernetwork.py`). LoRAs reach the backbone
+through forward hooks on its target projections (`lora.py`), so one code path serves training,
+inference, generation with the KV cache and a batch of different adapters.
+
+This file is the model's computation: construction around a backbone, `internalize` (context ->
+adapter), `forward` and `generate` with an adapter. Checkpoint I/O lives in `pretrained.py`, prompt
+text in `prompting.py`, input checking in `inputs.py`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationMixin, PreTrainedModel
+from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.utils import logging
 
 from .adapter import ShineAdapter
+from .chunking import check_chunking, split_ids, split_text
+from .composition import compose_groups, composition_weights, stack_loras
 from .configuration_shine import ShineConfig
-from .errors import BackboneMismatchError, ContextTooLongError, EmptyContextError
-from .hypernetwork import LoraParameters, M2PTransformer, ShineHypernetwork
-from .io_utils import atomic_directory
+from .errors import BackboneMismatchError, IncompatibleAdapterError, InvalidInputError
+from .hypernetwork import ShineHypernetwork
+from .inputs import context_tensors
 from .lora import LoraDict, LoraInjector, TargetModule, discover_target_modules
-from .prompting import IN_CONTEXT_TEMPLATE, in_context_question, question_prompt
-
-ContextInput = str | Sequence[str] | torch.Tensor | Sequence[Sequence[int]]
-
-
-class ShinePreTrainedModel(PreTrainedModel):
-    config_class = ShineConfig
-    base_model_prefix = "hypernetwork"
-    supports_gradient_checkpointing = True
-    _supports_sdpa = True
-    _supports_flash_attn = True
-    _supports_flex_attn = True
-    # No `_no_split_modules`: the hypernetwork's parameters are read outside its forward, so FSDP
-    # must not wrap it on its own (see examples/accelerate/README.md); the backbone's own
-    # `_no_split_modules` (its decoder layers) are what device maps and FSDP wrap.
-
-    def _init_weights(self, module: nn.Module) -> None:
-        # Reference init: memory tokens and position embeddings zero, meta-LoRA A ~ N(0,1)*sqrt(s)
-        # and B = 0; the M2P's linear layers keep PyTorch's defaults, as in the reference.
-        if isinstance(module, LoraParameters):
-            module.reset_parameters(self.config.lora_scale)
-        elif isinstance(module, M2PTransformer):
-            nn.init.zeros_(module.layer_pe)
-            nn.init.zeros_(module.token_pe)
-        elif isinstance(module, ShineHypernetwork):
-            nn.init.zeros_(module.memory_tokens)
+from .pretrained import ShinePreTrainedModel, try_load_tokenizer
+from .prompting import TextGenerationMixin
 
 
-class ShineForCausalLM(ShinePreTrainedModel, GenerationMixin):
+class ShineForCausalLM(ShinePreTrainedModel, TextGenerationMixin, GenerationMixin):
     """A SHINE hypernetwork around a frozen transformers causal LM.
 
     Build a new one with `from_backbone`, load a trained one with `from_pretrained`. Then:
@@ -72,24 +54,14 @@ class ShineForCausalLM(ShinePreTrainedModel, GenerationMixin):
 
     def __init__(self, config: ShineConfig, backbone: PreTrainedModel | None = None):
         super().__init__(config)
+        config.validate()
         if backbone is None:
             backbone = AutoModelForCausalLM.from_config(config.get_backbone_config())
         layers_path, targets = discover_target_modules(backbone, config.target_modules)
         _check_backbone_matches(config, backbone, layers_path, targets)
         self.layers_path = layers_path
         self.targets = targets
-        self.hypernetwork = ShineHypernetwork(
-            num_layers=config.num_hidden_layers,
-            hidden_size=config.hidden_size,
-            targets=targets,
-            lora_rank=config.lora_rank,
-            metalora_rank=config.metalora_rank,
-            num_memory_tokens=config.num_memory_tokens,
-            m2p_depth=config.m2p_num_layers,
-            m2p_heads=config.m2p_num_heads,
-            m2p_ffn_dim=config.m2p_ffn_dim,
-            lora_scale=config.lora_scale,
-        )
+        self.hypernetwork = ShineHypernetwork(config)
         # Initialise before the backbone is attached, so its (pretrained) weights are never touched.
         self.post_init()
         device = backbone.get_input_embeddings().weight.device
@@ -101,7 +73,6 @@ class ShineForCausalLM(ShinePreTrainedModel, GenerationMixin):
         self.tokenizer = None
         self.generation_config = getattr(backbone, "generation_config", self.generation_config)
 
-    # ------------------------------------------------------------------ construction
     @classmethod
     def from_backbone(
         cls,
@@ -130,6 +101,8 @@ class ShineForCausalLM(ShinePreTrainedModel, GenerationMixin):
             backbone = AutoModelForCausalLM.from_pretrained(name, revision=revision, dtype=dtype)
         else:
             name = getattr(backbone, "name_or_path", None) or getattr(backbone.config, "_name_or_path", None)
+        if name and os.path.isdir(name):
+            name = os.path.abspath(name)  # in memory a local backbone is an absolute path (see save_pretrained)
         if tokenizer is None and name:
             tokenizer = try_load_tokenizer(name, revision)
         layers_path, targets = discover_target_modules(backbone, target_modules)
@@ -146,124 +119,6 @@ class ShineForCausalLM(ShinePreTrainedModel, GenerationMixin):
         model.tokenizer = tokenizer
         return model
 
-    @classmethod
-    def from_pretrained(
-        cls,
-        pretrained_model_name_or_path: str | os.PathLike,
-        *model_args: Any,
-        backbone: PreTrainedModel | str | os.PathLike | None = None,
-        revision: str | None = None,
-        backbone_revision: str | None = None,
-        dtype: torch.dtype | str | None = None,
-        device_map: Any = None,
-        tokenizer: Any = None,
-        hypernetwork_dtype: torch.dtype | None = None,
-        config: ShineConfig | None = None,
-        **kwargs: Any,
-    ) -> ShineForCausalLM:
-        """Load a SHINE hypernetwork and the backbone it names (or the one passed in).
-
-        Args:
-            pretrained_model_name_or_path: Hub repo id or local directory of a SHINE checkpoint.
-            backbone: An already-loaded backbone (checked against the config's shapes), or a
-                name/path to load instead of the one in the config.
-            revision: Revision of the SHINE checkpoint.
-            backbone_revision: Backbone revision; defaults to the one recorded in the config.
-            dtype: dtype of the backbone (e.g. `torch.bfloat16`); the hypernetwork stays float32
-                unless `hypernetwork_dtype` says otherwise.
-            device_map: Passed to the backbone's `from_pretrained`; the hypernetwork follows the
-                backbone's input embeddings.
-            tokenizer: A tokenizer; by default the checkpoint's own, else the backbone's.
-
-        Raises:
-            BackboneMismatchError: the backbone's shapes differ from the checkpoint's.
-            CheckpointError: weights missing, truncated, corrupt or holding foreign tensors.
-        """
-        from .checkpoint import load_weights_into, resolve_weight_files
-
-        hub_kwargs = {k: kwargs[k] for k in ("cache_dir", "token", "local_files_only", "force_download")
-                      if k in kwargs}
-        if config is None:
-            config = ShineConfig.from_pretrained(pretrained_model_name_or_path, revision=revision, **hub_kwargs)
-        name_resolved_from = None
-        if backbone is None or isinstance(backbone, (str, os.PathLike)):
-            name = str(backbone) if backbone is not None else config.backbone_name_or_path
-            if not name:
-                raise ValueError("The checkpoint's config names no backbone: pass backbone=...")
-            local = Path(pretrained_model_name_or_path)
-            if backbone is None and name.startswith(("./", "../")) and local.is_dir():
-                name = str((local / name).resolve())  # a backbone stored beside a local checkpoint
-            backbone = AutoModelForCausalLM.from_pretrained(
-                name, revision=backbone_revision or config.backbone_revision, dtype=dtype, device_map=device_map
-            )
-            name_resolved_from = name
-        model = cls(config, backbone=backbone)
-        # What adapters name as their base model: the backbone actually loaded, where known.
-        model.resolved_backbone_path = name_resolved_from or getattr(backbone, "name_or_path", None) or None
-        files = resolve_weight_files(pretrained_model_name_or_path, revision=revision, **hub_kwargs)
-        load_weights_into(model.hypernetwork, files, prefix="hypernetwork.")
-        device = backbone.get_input_embeddings().weight.device
-        model.hypernetwork.to(device=device, dtype=hypernetwork_dtype or torch.float32)
-        model.name_or_path = str(pretrained_model_name_or_path)
-        backbone_config = backbone.config
-        model.tokenizer = (
-            tokenizer
-            or try_load_tokenizer(str(pretrained_model_name_or_path), revision, backbone_config)
-            or try_load_tokenizer(config.backbone_name_or_path, backbone_revision or config.backbone_revision,
-                                   backbone_config)
-        )
-        return model.eval()
-
-    def save_pretrained(
-        self,
-        save_directory: str | os.PathLike,
-        is_main_process: bool = True,
-        state_dict: dict[str, torch.Tensor] | None = None,
-        max_shard_size: int | str = "5GB",
-        save_tokenizer: bool = True,
-        **kwargs: Any,
-    ) -> None:
-        """Write the hypernetwork only: safetensors weights, config (with `auto_map` for
-        `trust_remote_code=True` loading), the model code, a model card and the tokenizer.
-
-        The directory is assembled in a temporary path and moved into place, so a failed save
-        leaves nothing half-written.
-        """
-        from .checkpoint import AUTO_MAP, copy_model_code, render_card, write_weights
-
-        if not is_main_process:
-            return
-        if state_dict is None:
-            state_dict = self.hypernetwork_state_dict()
-        else:
-            state_dict = {k: v for k, v in state_dict.items() if k.startswith("hypernetwork.")}
-        with atomic_directory(save_directory) as staging:
-            self.config.auto_map = dict(AUTO_MAP)
-            self.config.architectures = [type(self).__name__]
-            self.config.save_pretrained(str(staging))
-            write_weights(state_dict, staging, max_shard_size)
-            copy_model_code(staging)
-            if save_tokenizer and self.tokenizer is not None:
-                self.tokenizer.save_pretrained(str(staging))
-            (staging / "README.md").write_text(render_card("model", self), encoding="utf-8")
-
-    def push_to_hub(
-        self,
-        repo_id: str,
-        private: bool | None = None,
-        commit_message: str = "Upload SHINE hypernetwork",
-        token: str | None = None,
-        revision: str | None = None,
-        max_shard_size: int | str = "5GB",
-        **kwargs: Any,
-    ) -> str:
-        """Create `repo_id` if needed and upload the checkpoint (hypernetwork, config, code, card,
-        tokenizer) in one commit. Returns the commit URL."""
-        from .checkpoint import push_in_one_commit
-
-        return push_in_one_commit(self, repo_id, private=private, token=token, revision=revision,
-                                  commit_message=commit_message, max_shard_size=max_shard_size)
-
     # ------------------------------------------------------------------ internalize
     @property
     def max_context_tokens(self) -> int | None:
@@ -273,130 +128,133 @@ class ShineForCausalLM(ShinePreTrainedModel, GenerationMixin):
 
     def internalize(
         self,
-        context: ContextInput,
-        attention_mask: torch.Tensor | None = None,
+        context: Any = None,
+        attention_mask: Any = None,
         *,
+        input_ids: Any = None,
+        token_type_ids: Any = None,
         requires_grad: bool = False,
+        chunk_tokens: int | None = None,
+        overlap_tokens: int = 0,
+        compose: str | None = "concat",
+        chunk_batch_size: int = 8,
+        show_progress: bool | None = None,
     ) -> ShineAdapter:
         """Read context(s) once and return their generated LoRA(s), one adapter per context.
 
         Args:
             context: A string, a list of strings (tokenized with a plain tokenizer call, no chat
-                template), or token ids (a LongTensor (B, N) or a list of id lists).
-            attention_mask: Mask for tensor input (1 = token, 0 = padding; either side).
+                template), token ids (an integer tensor (B, N) or (N), a list of ids or a list of
+                id lists), or a tokenizer output (`BatchEncoding` / mapping with `input_ids` and
+                `attention_mask`).
+            attention_mask: Mask for token-id input (1 = token, 0 = padding; either side).
+            input_ids: Token ids by keyword, so `internalize(**tokenizer(text, return_tensors="pt"))`
+                works; instead of `context`.
+            token_type_ids: Ignored (decoder-only backbones do not use them); accepted so a
+                tokenizer's output can be unpacked into this call.
             requires_grad: Keep the autograd graph (training). Default: no_grad.
+            chunk_tokens: Read long documents in chunks of at most this many tokens (cut at sentence
+                ends where possible, see `chunking.py`); each chunk gets its LoRA and the chunks of a
+                document are composed into one adapter. Default: no chunking (a context longer than
+                the backbone allows is an error).
+            overlap_tokens: Tokens shared by consecutive chunks.
+            compose: How a document's chunk adapters become one: "concat" (ranks stacked: the exact
+                sum of the chunk deltas), "mean" (their average), or None to return the chunk
+                adapters themselves (one document only). See `ShineAdapter.compose`.
+            chunk_batch_size: Chunks read per forward pass; memory is bounded by this, since only the
+                small LoRA of each chunk is kept.
+            show_progress: A progress bar over chunks (default: when there is more than one batch).
 
         Raises:
+            InvalidInputError: a context of the wrong type, float or out-of-vocabulary ids, a mask
+                of the wrong shape.
             EmptyContextError: a context has no tokens.
             ContextTooLongError: a context plus the memory tokens exceeds the backbone's positions.
         """
-        input_ids, attention_mask = self._context_tensors(context, attention_mask)
-        with torch.set_grad_enabled(requires_grad):
-            memory_states = self.encode_context(input_ids, attention_mask)
-            lora = self.hypernetwork.memory_states_to_lora(memory_states)
-        backbone_name = getattr(self, "resolved_backbone_path", None) or self.config.backbone_name_or_path
-        adapter = ShineAdapter(lora, self.targets, self.layers_path, backbone_name, self.config.backbone_revision)
-        return adapter
-
-    def encode_context(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Run the backbone with the meta-LoRA over context + memory tokens: (B, L, M, H) states.
-
-        Each row becomes [its context tokens, the M memory tokens, padding]: memory tokens follow
-        the row's last real token whatever the padding side, positions are per row, and the
-        decoder-layer outputs (before the final norm) are read at the memory positions.
-        """
-        device = self.backbone.get_input_embeddings().weight.device
-        input_ids, attention_mask = _right_align(input_ids.to(device), attention_mask.to(device))
-        batch, length = input_ids.shape
-        num_memory = self.config.num_memory_tokens
-        token_embeds = self.backbone.get_input_embeddings()(input_ids)  # (B, N, H)
-        memory_tokens = self.hypernetwork.memory_tokens.to(device=device, dtype=token_embeds.dtype)
-        lengths = attention_mask.sum(dim=1, keepdim=True)  # (B, 1)
-        positions = torch.arange(length + num_memory, device=device)[None]  # (1, N+M)
-        memory_index = positions - lengths  # 0..M-1 on the memory positions of each row
-        is_memory = (memory_index >= 0) & (memory_index < num_memory)
-        padded_embeds = torch.cat([token_embeds, token_embeds.new_zeros(batch, num_memory, token_embeds.shape[-1])], 1)
-        inputs_embeds = torch.where(
-            is_memory[..., None], memory_tokens[memory_index.clamp(0, num_memory - 1)], padded_embeds
+        if input_ids is not None:
+            if context is not None:
+                raise InvalidInputError("Pass the context either positionally or as input_ids=, not both.")
+            context = input_ids
+        elif context is None:
+            raise InvalidInputError("No context given: pass a string, a list of strings or token ids.")
+        if chunk_tokens is not None:
+            return self._internalize_in_chunks(context, attention_mask, chunk_tokens, overlap_tokens, compose,
+                                               chunk_batch_size, show_progress, requires_grad)
+        input_ids, attention_mask = context_tensors(
+            context,
+            attention_mask,
+            tokenizer=self.tokenizer,
+            vocab_size=self.backbone.get_input_embeddings().num_embeddings,
+            max_tokens=self.max_context_tokens,
+            num_memory_tokens=self.config.num_memory_tokens,
         )
-        full_mask = (positions < lengths + num_memory).long()
-        position_ids = positions.expand(batch, -1)
-        gather_index = (lengths + torch.arange(num_memory, device=device))[..., None]  # (B, M, 1)
+        with torch.set_grad_enabled(requires_grad):
+            lora = self.hypernetwork(self.lora_injector, input_ids, attention_mask)
+        return ShineAdapter(lora, self.targets, self.layers_path, self.config.backbone_name_or_path,
+                            self.config.backbone_revision)
 
-        layers = self.backbone.get_submodule(self.layers_path)
-        captured: list[torch.Tensor | None] = [None] * len(layers)
-
-        def capture(index: int):
-            def hook(module: nn.Module, args: tuple, output: Any) -> None:
-                hidden = output[0] if isinstance(output, tuple) else output
-                captured[index] = hidden.gather(1, gather_index.expand(-1, -1, hidden.shape[-1]))
-
-            return hook
-
-        handles = [layer.register_forward_hook(capture(i)) for i, layer in enumerate(layers)]
-        try:
-            with self.lora_injector.activate(self.hypernetwork.meta_lora.lora_dict()):
-                self.backbone.base_model(
-                    inputs_embeds=inputs_embeds,
-                    attention_mask=full_mask,
-                    position_ids=position_ids,
-                    use_cache=False,
-                )
-        finally:
-            for handle in handles:
-                handle.remove()
-        states = torch.stack(captured, dim=1)  # (B, L, M, H)
-        return states.to(self.hypernetwork.memory_tokens.dtype)
-
-    def _context_tensors(
-        self, context: ContextInput, attention_mask: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        if isinstance(context, str):
-            context = [context]
-        if isinstance(context, torch.Tensor):
-            input_ids = context if context.dim() == 2 else context[None]
-            if attention_mask is None:
-                attention_mask = torch.ones_like(input_ids)
-            elif attention_mask.dim() == 1:
-                attention_mask = attention_mask[None]
-        elif len(context) and all(isinstance(c, str) for c in context):
+    def _internalize_in_chunks(self, context: Any, attention_mask: Any, chunk_tokens: int, overlap_tokens: int,
+                               compose: str | None, chunk_batch_size: int, show_progress: bool | None,
+                               requires_grad: bool) -> ShineAdapter:
+        """Split every document into chunks, read them `chunk_batch_size` at a time and compose each
+        document's chunk LoRAs (see `internalize`)."""
+        check_chunking(chunk_tokens, overlap_tokens, self.max_context_tokens)
+        if compose is not None:
+            composition_weights(compose, 1)  # an unknown method fails before any work
+        if isinstance(chunk_batch_size, bool) or not isinstance(chunk_batch_size, int) or chunk_batch_size < 1:
+            raise InvalidInputError(f"chunk_batch_size must be a positive integer, got {chunk_batch_size!r}.")
+        documents = [context] if isinstance(context, str) else context
+        if isinstance(documents, (list, tuple)) and documents and all(isinstance(d, str) for d in documents):
+            if attention_mask is not None:
+                raise InvalidInputError("attention_mask applies to token ids, not to string contexts.")
             tokenizer = self._require_tokenizer()
-            empty = [i for i, c in enumerate(context) if not c.strip()]
-            if empty:
-                raise EmptyContextError(f"Context(s) {empty} are empty or whitespace only: nothing to internalize.")
-            ids = [tokenizer(c)["input_ids"] for c in context]
-            input_ids, attention_mask = pad_token_ids(ids)
-        elif len(context):
-            input_ids, attention_mask = pad_token_ids([list(map(int, c)) for c in context])
+            context_tensors(list(documents), tokenizer=tokenizer)  # empty documents fail here, before any work
+            per_document = [split_text(doc, tokenizer, chunk_tokens, overlap_tokens) for doc in documents]
         else:
-            raise EmptyContextError("No context given: pass a string, a list of strings or token ids.")
-        lengths = attention_mask.sum(dim=1)
-        empty_rows = torch.nonzero(lengths == 0).flatten().tolist()
-        if empty_rows:
-            raise EmptyContextError(f"Context(s) {empty_rows} have no tokens: nothing to internalize.")
-        limit = self.max_context_tokens
-        if limit is not None and int(lengths.max()) > limit:
-            longest = int(lengths.max())
-            raise ContextTooLongError(
-                f"A context is {longest} tokens long; with {self.config.num_memory_tokens} memory tokens "
-                f"the backbone's {limit + self.config.num_memory_tokens} positions allow at most {limit}. "
-                f"Split the document into chunks of at most {limit} tokens and internalize each."
-            )
-        return input_ids.long(), attention_mask.long()
+            ids, mask = context_tensors(context, attention_mask, tokenizer=self.tokenizer,
+                                        vocab_size=self.backbone.get_input_embeddings().num_embeddings)
+            rows = [row[keep.bool()].tolist() for row, keep in zip(ids, mask)]
+            per_document = [split_ids(row, chunk_tokens, overlap_tokens, self.tokenizer) for row in rows]
+        if compose is None and len(per_document) > 1:
+            raise InvalidInputError("compose=None returns one document's chunk adapters: pass one document.")
+        chunks = [chunk for doc_chunks in per_document for chunk in doc_chunks]
+        steps = range(0, len(chunks), chunk_batch_size)
+        show = len(steps) > 1 if show_progress is None else show_progress
+        loras = []
+        for start in logging.tqdm(steps, desc="Internalizing chunks", unit="batch", disable=not show):
+            batch = chunks[start : start + chunk_batch_size]
+            loras.append(self.internalize(batch, requires_grad=requires_grad).lora)
+        lora = stack_loras(loras)
+        if compose is not None:
+            groups, first = [], 0
+            for doc_chunks in per_document:
+                groups.append(list(range(first, first + len(doc_chunks))))
+                first += len(doc_chunks)
+            lora = compose_groups(lora, groups, compose)
+        return ShineAdapter(lora, self.targets, self.layers_path, self.config.backbone_name_or_path,
+                            self.config.backbone_revision)
 
     def _require_tokenizer(self):
         if self.tokenizer is None:
-            raise ValueError(
+            raise InvalidInputError(
                 "This model has no tokenizer: pass token ids, or set model.tokenizer "
                 "(or pass tokenizer= to from_backbone/from_pretrained)."
             )
         return self.tokenizer
 
     # ------------------------------------------------------------------ applying adapters
-    def _lora_for(self, adapter: ShineAdapter | None) -> LoraDict | None:
+    def _lora_for(self, adapter: ShineAdapter | None, batch_size: int | None = None) -> LoraDict | None:
+        """The adapter's LoRA on the backbone's device, after checking it fits the backbone and a batch
+        of `batch_size` rows (one adapter for all rows, or one per row)."""
         if adapter is None:
             return None
         adapter.check_compatible(self.layers_path, self.targets, self.config.num_hidden_layers)
+        if batch_size is not None and len(adapter) not in (1, batch_size):
+            raise IncompatibleAdapterError(
+                f"An adapter batch of {len(adapter)} does not fit an input batch of {batch_size} rows: pass one "
+                f"adapter (used for every row) or one per row (ShineAdapter.stack / adapter[i], or adapter_index= "
+                f"in generate_text)."
+            )
         device = self.backbone.get_input_embeddings().weight.device
         if adapter.device != device:
             adapter = adapter.to(device)
@@ -404,7 +262,10 @@ class ShineForCausalLM(ShinePreTrainedModel, GenerationMixin):
 
     @contextlib.contextmanager
     def use_adapter(self, adapter: ShineAdapter | None) -> Iterator[PreTrainedModel]:
-        """Apply `adapter` to every backbone call inside the block; yields the backbone."""
+        """Apply `adapter` to every backbone call inside the block; yields the backbone.
+
+        An adapter batch of b > 1 maps contiguous groups of rows to adapters (k*b rows: rows
+        [i*k, (i+1)*k) use adapter i), as `generate` expands rows for beams."""
         with self.lora_injector.activate(self._lora_for(adapter)):
             yield self.backbone
 
@@ -416,78 +277,47 @@ class ShineForCausalLM(ShinePreTrainedModel, GenerationMixin):
         adapter: ShineAdapter | None = None,
         context_input_ids: torch.LongTensor | None = None,
         context_attention_mask: torch.Tensor | None = None,
+        context_sample_index: torch.LongTensor | None = None,
+        context_compose: str = "concat",
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
         """Backbone forward through a LoRA.
 
         - with `context_input_ids`: the LoRA is generated from the context on the fly (training:
-          gradients flow into the hypernetwork, never into the backbone);
-        - with `adapter`: that adapter is applied;
+          gradients flow into the hypernetwork, never into the backbone). With
+          `context_sample_index` (C,), the C context rows are chunks: those with index j are composed
+          (`context_compose`: "concat" or "mean", see `ShineAdapter.compose`) into the adapter of
+          input row j, inside the graph, so a hypernetwork can be trained to write adapters that add up;
+        - with `adapter`: that adapter is applied (one adapter, or one per row);
         - with neither: the plain backbone.
 
         Other keyword arguments (`past_key_values`, `use_cache`, ...) go to the backbone.
         """
         if context_input_ids is not None:
             if adapter is not None:
-                raise ValueError("Pass either adapter or context_input_ids, not both.")
+                raise InvalidInputError("Pass either adapter or context_input_ids, not both.")
             if context_attention_mask is None:
                 context_attention_mask = torch.ones_like(context_input_ids)
             adapter = self.internalize(context_input_ids, context_attention_mask,
                                        requires_grad=torch.is_grad_enabled())
-        with self.lora_injector.activate(self._lora_for(adapter)):
+            if context_sample_index is not None:
+                groups = _groups(context_sample_index, _batch_size(input_ids, kwargs))
+                adapter = ShineAdapter(compose_groups(adapter.lora, groups, context_compose), self.targets,
+                                       self.layers_path, self.config.backbone_name_or_path,
+                                       self.config.backbone_revision)
+        with self.lora_injector.activate(self._lora_for(adapter, _batch_size(input_ids, kwargs))):
             return self.backbone(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
 
-    # ------------------------------------------------------------------ generation
     @torch.no_grad()
     def generate(self, *args: Any, adapter: ShineAdapter | None = None, **kwargs: Any):
         """`backbone.generate` with `adapter` applied (KV cache as usual).
 
-        A batch of b adapters maps row i of the inputs to adapter i; with beams or
+        The adapter holds one adapter (used for every row) or one per input row; with beams or
         `num_return_sequences`, the expanded rows follow their source row.
         """
-        with self.lora_injector.activate(self._lora_for(adapter)):
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        with self.lora_injector.activate(self._lora_for(adapter, _batch_size(input_ids, kwargs))):
             return self.backbone.generate(*args, **kwargs)
-
-    def generate_text(
-        self,
-        question: str | Sequence[str],
-        adapter: ShineAdapter | None = None,
-        *,
-        max_new_tokens: int = 64,
-        system_prompt: str | None = None,
-        context: str | Sequence[str] | None = None,
-        context_template: str = IN_CONTEXT_TEMPLATE,
-        **generate_kwargs: Any,
-    ) -> str | list[str]:
-        """Answer question(s) with greedy decoding; returns only the new text.
-
-        The question is the user turn of the backbone's chat template (no system prompt, no think
-        block) as the reference does for SHINE answers. `system_prompt` and `context` exist for the
-        baselines: with `context`, the user turn is the reference's "Reference:\n{context}\n\nBased on
-        the reference, answer this question:\n{question}" (`context_template` changes it).
-        """
-        tokenizer = self._require_tokenizer()
-        questions = [question] if isinstance(question, str) else list(question)
-        if context is not None:
-            contexts = [context] * len(questions) if isinstance(context, str) else list(context)
-            questions = [in_context_question(c, q, context_template) for c, q in zip(contexts, questions, strict=True)]
-        prompts = [question_prompt(tokenizer, q, system_prompt) for q in questions]
-        ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        input_ids, attention_mask = pad_token_ids(ids, pad_id=pad_id or 0, side="left")
-        device = self.backbone.get_input_embeddings().weight.device
-        generate_kwargs.setdefault("do_sample", False)
-        generate_kwargs.setdefault("pad_token_id", pad_id)
-        output = self.generate(
-            input_ids=input_ids.to(device),
-            attention_mask=attention_mask.to(device),
-            adapter=adapter,
-            max_new_tokens=max_new_tokens,
-            **generate_kwargs,
-        )
-        texts = tokenizer.batch_decode(output[:, input_ids.shape[1]:], skip_special_tokens=True)
-        texts = [t.strip() for t in texts]
-        return texts[0] if isinstance(question, str) else texts
 
     # ------------------------------------------------------------------ activation checkpointing
     def activation_checkpointing_enable(
@@ -539,9 +369,31 @@ class ShineForCausalLM(ShinePreTrainedModel, GenerationMixin):
     def set_input_embeddings(self, value: nn.Module) -> None:
         self.backbone.set_input_embeddings(value)
 
-    def hypernetwork_state_dict(self) -> dict[str, torch.Tensor]:
-        """The trainable part only (what a SHINE checkpoint stores), keys prefixed `hypernetwork.`."""
-        return {f"hypernetwork.{k}": v for k, v in self.hypernetwork.state_dict().items()}
+
+ShineConfig.register_for_auto_class()
+ShineForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+
+
+def _groups(sample_index: torch.Tensor, batch_size: int | None) -> list[list[int]]:
+    """Context rows per input row: row j composes the context rows whose sample index is j."""
+    index = sample_index.tolist()
+    count = batch_size if batch_size is not None else max(index) + 1
+    groups = [[row for row, sample in enumerate(index) if sample == j] for j in range(count)]
+    empty = [j for j, rows in enumerate(groups) if not rows]
+    if empty or any(not 0 <= sample < count for sample in index):
+        raise InvalidInputError(
+            f"context_sample_index must give every one of the {count} input rows at least one context row "
+            f"(rows without a context: {empty})."
+        )
+    return groups
+
+
+def _batch_size(input_ids: Any, kwargs: dict[str, Any]) -> int | None:
+    """Rows of the input batch, from input_ids or inputs_embeds."""
+    for tensor in (input_ids, kwargs.get("inputs_embeds")):
+        if isinstance(tensor, torch.Tensor) and tensor.dim() >= 2:
+            return tensor.shape[0]
+    return None
 
 
 def _check_backbone_matches(config: ShineConfig, backbone: nn.Module, layers_path: str,
@@ -586,39 +438,3 @@ def _special_token_ids(backbone: PreTrainedModel) -> dict[str, Any]:
             if value is not None and name not in ids:
                 ids[name] = value
     return ids
-
-
-def _right_align(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Move every row's tokens to the front (right padding), keeping their order."""
-    order = torch.argsort(-attention_mask, dim=1, stable=True)
-    return input_ids.gather(1, order), attention_mask.gather(1, order)
-
-
-def pad_token_ids(
-    sequences: Sequence[Sequence[int]], pad_id: int = 0, side: str = "right"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad id lists to one (B, N) LongTensor on `side`; returns (input_ids, attention_mask)."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        if not len(seq):
-            continue
-        span = slice(width - len(seq), width) if side == "left" else slice(0, len(seq))
-        ids[row, span] = torch.tensor(list(seq), dtype=torch.long)
-        mask[row, span] = 1
-    return ids, mask
-
-
-def try_load_tokenizer(name: str | None, revision: str | None, backbone_config: Any = None):
-    """The tokenizer at `name`, or None when there is none (or it cannot be loaded).
-
-    Passing the backbone's config stops AutoTokenizer from reading a SHINE `config.json` (whose
-    `auto_map` would otherwise ask to trust remote code)."""
-    if not name:
-        return None
-    kwargs = {"config": backbone_config} if backbone_config is not None else {}
-    try:
-        return AutoTokenizer.from_pretrained(name, revision=revision, **kwargs)
-    except (OSError, ValueError, TypeError):
-        return None

@@ -1,7 +1,8 @@
-"""Prompt rendering shared by SHINE answers, the baselines and the training data.
+"""Prompts and text: chat rendering shared by SHINE answers, the baselines and the training data,
+and `TextGenerationMixin.generate_text` (questions in, answers out).
 
 SHINE answers put the question in the user turn of the backbone's chat template, with no system
-prompt and no think block (DESIGN.md section 1, step 6). Qwen3's own template *adds* an empty
+prompt and no think block (docs/method.md, "Answering"). Qwen3's own template *adds* an empty
 `<think>\\n\\n</think>\\n\\n` block to the generation prompt when `enable_thinking=False`; the
 reference code renders the prompt without it, so we strip it to reproduce the reference prompt
 `<|im_start|>user\\n{q}<|im_end|>\\n<|im_start|>assistant\\n`.
@@ -9,7 +10,12 @@ reference code renders the prompt without it, so we strip it to reproduce the re
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
+
+import torch
+
+from .inputs import pad_token_ids
 
 EMPTY_THINK_BLOCK = "<think>\n\n</think>\n\n"
 
@@ -53,3 +59,66 @@ def question_prompt(tokenizer: Any, question: str, system_prompt: str | None = N
 def in_context_question(context: str, question: str, template: str = IN_CONTEXT_TEMPLATE) -> str:
     """The user turn of the in-context baseline: `template` with `{context}` and `{question}`."""
     return template.format(context=context, question=question)
+
+
+def generation_pad_id(tokenizer: Any) -> int:
+    """The id used to left-pad prompts: the tokenizer's pad token, else its eos token, else 0."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return candidate
+    return 0
+
+
+class TextGenerationMixin:
+    """`generate_text`: questions as text in, answers as text out (for `ShineForCausalLM`)."""
+
+    def generate_text(
+        self,
+        question: str | Sequence[str],
+        adapter: Any = None,
+        *,
+        max_new_tokens: int = 64,
+        system_prompt: str | None = None,
+        context: str | Sequence[str] | None = None,
+        context_template: str = IN_CONTEXT_TEMPLATE,
+        adapter_index: Sequence[int] | None = None,
+        **generate_kwargs: Any,
+    ) -> str | list[str]:
+        """Answer question(s) with greedy decoding; returns only the new text.
+
+        The question is the user turn of the backbone's chat template (no system prompt, no think
+        block) as the reference does for SHINE answers. `system_prompt` and `context` exist for the
+        baselines: with `context`, the user turn is the reference's "Reference:\n{context}\n\nBased on
+        the reference, answer this question:\n{question}" (`context_template` changes it).
+
+        Args:
+            question: One question or a list.
+            adapter: A `ShineAdapter` holding one adapter (used for every question) or one per question.
+            adapter_index: For an adapter batch of another size than the questions: the adapter row
+                each question uses (e.g. `[0, 0, 1, 1]` for two questions about each of two documents).
+        """
+        tokenizer = self._require_tokenizer()
+        questions = [question] if isinstance(question, str) else list(question)
+        if context is not None:
+            contexts = [context] * len(questions) if isinstance(context, str) else list(context)
+            questions = [in_context_question(c, q, context_template) for c, q in zip(contexts, questions, strict=True)]
+        if adapter is not None and adapter_index is not None:
+            adapter = type(adapter).stack([adapter[int(i)] for i in adapter_index])
+        prompts = [question_prompt(tokenizer, q, system_prompt) for q in questions]
+        ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        pad_id = generation_pad_id(tokenizer)
+        input_ids, attention_mask = pad_token_ids(ids, pad_id=pad_id, side="left")
+        device = self.backbone.get_input_embeddings().weight.device
+        generate_kwargs.setdefault("do_sample", False)
+        generate_kwargs.setdefault("pad_token_id", pad_id)
+        with torch.no_grad():
+            output = self.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=attention_mask.to(device),
+                adapter=adapter,
+                max_new_tokens=max_new_tokens,
+                **generate_kwargs,
+            )
+        texts = tokenizer.batch_decode(output[:, input_ids.shape[1]:], skip_special_tokens=True)
+        texts = [t.strip() for t in texts]
+        return texts[0] if isinstance(question, str) else texts

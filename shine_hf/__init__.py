@@ -21,9 +21,11 @@ if TYPE_CHECKING:
     from .modeling import (
         BackboneMismatchError,
         CheckpointError,
+        ConfigError,
         ContextTooLongError,
         EmptyContextError,
         IncompatibleAdapterError,
+        InvalidInputError,
         ReferenceFormatError,
         ShineConfig,
         ShineError,
@@ -36,9 +38,11 @@ DISTRIBUTION = "shine-hf"
 __all__ = [
     "BackboneMismatchError",
     "CheckpointError",
+    "ConfigError",
     "ContextTooLongError",
     "EmptyContextError",
     "IncompatibleAdapterError",
+    "InvalidInputError",
     "ReferenceFormatError",
     "ShineAdapter",
     "ShineConfig",

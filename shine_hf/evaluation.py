@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from .modeling.modeling_shine import pad_token_ids
+from .modeling import pad_token_ids
 from .modeling.prompting import IN_CONTEXT_TEMPLATE, in_context_question, question_prompt
 
 __all__ = [

@@ -12,7 +12,7 @@ from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
 
-from .modeling.checkpoint import CARD_RENDERERS
+from .modeling.model_card import CARD_RENDERERS
 
 TAGS = ["shine", "lora", "hypernetwork", "context-internalization"]
 LICENSE = "apache-2.0"

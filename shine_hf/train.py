@@ -41,8 +41,14 @@ from transformers.trainer_callback import PrinterCallback, ProgressCallback
 from transformers.trainer_utils import get_last_checkpoint
 
 from .modeling import ShineConfig, ShineError, ShineForCausalLM
-from .modeling.checkpoint import WEIGHTS_INDEX_NAME, WEIGHTS_NAME, load_weights_into, resolve_weight_files
-from .modeling.modeling_shine import try_load_tokenizer
+from .modeling.pretrained import (
+    WEIGHTS_INDEX_NAME,
+    WEIGHTS_NAME,
+    backbone_location,
+    read_hypernetwork_state,
+    try_load_tokenizer,
+    weight_files,
+)
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -273,19 +279,18 @@ class ShineTrainer(Trainer):
         directory = Path(resume_from_checkpoint)
         if not ((directory / WEIGHTS_NAME).is_file() or (directory / WEIGHTS_INDEX_NAME).is_file()):
             raise TrainingError(f"{directory} is not a shine-hf checkpoint (no {WEIGHTS_NAME}): cannot resume.")
-        files = resolve_weight_files(directory)
+        files = weight_files(directory)
         logger.info("Loading the hypernetwork from %s", directory)
+        # Full tensors, checked strictly against the hypernetwork's full shapes (read before any
+        # FSDP/DeepSpeed sharding).
+        state = read_hypernetwork_state(files, self._hypernetwork_shapes)
         if not self.is_fsdp_enabled:
-            load_weights_into(shine.hypernetwork, files, prefix="hypernetwork.")
+            shine.hypernetwork.load_state_dict(state, strict=True)
             return
-        # FSDP: read the full tensors (checked strictly by load_weights_into on a CPU copy of the
-        # hypernetwork), then let torch scatter them into the sharded parameters.
+        # FSDP: let torch scatter the full tensors into the sharded parameters.
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-        reference = {name: torch.empty_like(t, device="cpu") for name, t in self._hypernetwork_shapes.items()}
-        holder = _TensorHolder(reference)
-        load_weights_into(holder, files, prefix="hypernetwork.")
-        state = {f"hypernetwork.{name}": tensor for name, tensor in reference.items()}
+        state = {f"hypernetwork.{name}": tensor for name, tensor in state.items()}
         set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=False))
 
     def _load_best_model(self) -> None:
@@ -296,17 +301,6 @@ class ShineTrainer(Trainer):
                     self.state.best_metric)
         self._load_from_checkpoint(self.state.best_model_checkpoint, self.model_wrapped if self.is_fsdp_enabled
                                    else self.model)
-
-
-class _TensorHolder(torch.nn.Module):
-    """A module whose state dict is the given tensors, so `load_weights_into` can check and fill them."""
-
-    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
-        super().__init__()
-        self._tensors = tensors
-
-    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:  # type: ignore[override]
-        return self._tensors
 
 
 def _strip_wrappers(name: str) -> str:
@@ -735,10 +729,11 @@ def train(
 
     # 1. backbone
     if backbone is None:
-        backbone = source_config.backbone_name_or_path if source_config is not None else None
-        backbone_revision = backbone_revision or (source_config.backbone_revision if source_config else None)
-        if not backbone:
+        if source_config is None or not source_config.backbone_name_or_path:
             raise TrainingError("No backbone: pass backbone= (a model, Hub id or path) or a checkpoint that names one.")
+        # a local path in a checkpoint's config is relative to that checkpoint
+        backbone = backbone_location(source_config.backbone_name_or_path, str(source))
+        backbone_revision = backbone_revision or source_config.backbone_revision
     backbone_name: str | None = None
     if isinstance(backbone, (str, os.PathLike)):
         backbone_name = str(backbone)

@@ -1,13 +1,11 @@
-"""The hypernetwork's pieces against DESIGN.md section 1: parameter layout, M2P axes, sizes."""
+"""The hypernetwork's pieces against the method (docs/method.md): parameter layout, M2P axes."""
 
 from __future__ import annotations
 
 import math
 
-import pytest
 import torch
 
-from shine_hf import ShineConfig
 from shine_hf.modeling.hypernetwork import M2PTransformer, emit_lora
 from shine_hf.modeling.lora import TargetModule
 
@@ -63,51 +61,3 @@ def test_m2p_is_post_norm_gelu_without_dropout():
     assert layer.norm_first is False and layer.self_attn.batch_first
     assert layer.dropout.p == 0 and layer.linear1.out_features == 16 and layer.norm1.eps == 1e-5
     assert torch.count_nonzero(m2p.layer_pe) == 0 and torch.count_nonzero(m2p.token_pe) == 0
-
-
-def _config(shapes, hidden, layers, **kwargs):
-    backbone = {
-        "model_type": "qwen3",
-        "hidden_size": hidden,
-        "num_hidden_layers": layers,
-        "num_attention_heads": 32,
-        "num_key_value_heads": 8,
-        "head_dim": 128,
-        "intermediate_size": 12288,
-    }
-    return ShineConfig(backbone_config=backbone, target_modules=list(shapes), target_module_shapes=shapes, **kwargs)
-
-
-def test_qwen3_8b_memory_token_count():
-    shapes = {
-        "self_attn.q_proj": [4096, 4096, 0],
-        "self_attn.k_proj": [4096, 1024, 0],
-        "self_attn.v_proj": [4096, 1024, 0],
-        "self_attn.o_proj": [4096, 4096, 0],
-        "mlp.gate_proj": [4096, 12288, 0],
-        "mlp.up_proj": [4096, 12288, 0],
-        "mlp.down_proj": [12288, 4096, 0],
-    }
-    config = _config(shapes, 4096, 36, lora_rank=8)
-    assert config.lora_numel_per_layer == 606_208 == 148 * 4096
-    assert config.num_memory_tokens == 148
-    assert config.m2p_num_heads == 32 and config.m2p_ffn_dim == 8192
-
-
-def test_memory_tokens_round_up_when_not_a_multiple():
-    config = _config({"self_attn.q_proj": [10, 10, 1]}, 16, 2, lora_rank=1)
-    assert config.lora_numel_per_layer == 30
-    assert config.num_memory_tokens == 2  # ceil(30 / 16); the last 2 numbers are unused
-
-
-def test_odd_m2p_depth_is_refused():
-    with pytest.raises(ValueError, match="even"):
-        ShineConfig(m2p_num_layers=3)
-
-
-def test_config_json_round_trip(tmp_path):
-    config = _config({"self_attn.q_proj": [4096, 4096, 0]}, 4096, 2, lora_rank=8)
-    config.save_pretrained(tmp_path)
-    loaded = ShineConfig.from_pretrained(tmp_path)
-    assert loaded.to_dict() == config.to_dict()
-    assert loaded.num_memory_tokens == config.num_memory_tokens

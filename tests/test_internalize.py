@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from shine_hf import ContextTooLongError, EmptyContextError, ShineAdapter
+from shine_hf import ContextTooLongError, EmptyContextError, IncompatibleAdapterError, ShineAdapter
 from shine_hf.testing.models import tiny_shine
 
 CONTEXTS = [
@@ -153,3 +153,18 @@ def test_baseline_prompts_follow_the_reference(model):
     text = model.generate_text("Who?", context="Doc.", max_new_tokens=3)
     new_tokens = expected[0, prompt["input_ids"].shape[1]:]
     assert text == tok.decode(new_tokens, skip_special_tokens=True).strip()
+
+
+def test_questions_and_adapters_of_different_counts_are_refused_unless_mapped(model):
+    adapters = model.internalize(CONTEXTS[:2])
+    questions = ["Who signed the contract?", "Where?", "What is the capital?", "Which city?"]
+    with pytest.raises(IncompatibleAdapterError, match="adapter batch of 2 does not fit an input batch of 4"):
+        model.generate_text(questions, adapter=adapters, max_new_tokens=4)
+    with pytest.raises(IncompatibleAdapterError, match="adapter batch of 2 does not fit an input batch of 1"):
+        model.generate_text(questions[0], adapter=adapters, max_new_tokens=4)
+    mapped = model.generate_text(questions, adapter=adapters, adapter_index=[0, 0, 1, 1], max_new_tokens=4)
+    singles = [model.generate_text(q, adapter=adapters[i // 2], max_new_tokens=4) for i, q in enumerate(questions)]
+    assert mapped == singles
+    ids = model.tokenizer(questions, padding=True, return_tensors="pt")["input_ids"]
+    with pytest.raises(IncompatibleAdapterError, match="adapter batch of 2"):
+        model(ids, adapter=adapters)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from shine_hf import ShineAdapter
 from shine_hf.testing.models import tiny_shine
 
 
@@ -71,3 +72,30 @@ def test_activation_checkpointing_gives_the_same_gradients():
     assert torch.allclose(loss, loss_ckpt, atol=1e-6)
     for name, grad in grads.items():
         assert torch.allclose(grad, grads_ckpt[name], atol=1e-6, rtol=1e-5), name
+
+
+def test_chunks_composed_in_the_graph_equal_the_composed_adapters_and_get_gradients():
+    model = tiny_shine("qwen2")  # bias deltas too
+    model.train()
+    tok = model.tokenizer
+    chunks = ["Alice signed in Lyon.", "The date was a Monday.", "Bob signed in Paris.", "It rained.", "Late."]
+    groups = [[0, 1], [2, 3, 4]]
+    sample_index = torch.tensor([0, 0, 1, 1, 1])  # chunks 0-1 -> row 0, chunks 2-4 -> row 1
+    context = tok(chunks, padding=True, return_tensors="pt")
+    conversation = tok(["Who signed? Alice", "Who? Bob"], padding=True, return_tensors="pt")
+    labels = conversation["input_ids"].masked_fill(conversation["attention_mask"] == 0, -100)
+    chunk_inputs = dict(context_input_ids=context["input_ids"], context_attention_mask=context["attention_mask"],
+                        context_sample_index=sample_index)
+    for method in ("concat", "mean"):
+        model.zero_grad()
+        output = model(**conversation, labels=labels, context_compose=method, **chunk_inputs)
+        output.loss.backward()
+        assert model.hypernetwork.memory_tokens.grad.abs().sum() > 0
+        with torch.no_grad():
+            per_chunk = model.internalize(chunks)
+            for row, rows in enumerate(groups):
+                adapter = ShineAdapter.compose([per_chunk[i] for i in rows], method=method)
+                single = model(conversation["input_ids"][row:row + 1],
+                               attention_mask=conversation["attention_mask"][row:row + 1], adapter=adapter).logits
+                real = conversation["attention_mask"][row].bool()
+                assert torch.allclose(output.logits[row][real], single[0][real], atol=1e-5), (method, row)

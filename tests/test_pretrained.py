@@ -116,12 +116,12 @@ def test_missing_weights_are_refused(saved):
 
 def test_failed_save_leaves_no_directory(tmp_path, saved, monkeypatch):
     model, _, _ = saved
-    import shine_hf.modeling.checkpoint as checkpoint
+    import transformers.modeling_utils
 
     def explode(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(checkpoint, "write_weights", explode)
+    monkeypatch.setattr(transformers.modeling_utils, "safe_save_file", explode)  # the weights writer
     with pytest.raises(RuntimeError, match="disk full"):
         model.save_pretrained(tmp_path / "never")
     assert not (tmp_path / "never").exists()
@@ -149,3 +149,89 @@ def test_half_precision_backbone_with_float32_hypernetwork(saved):
     assert adapter.dtype == torch.float32
     answer = loaded.generate_text("Who signed?", adapter=adapter, max_new_tokens=3)
     assert isinstance(answer, str)
+
+
+@pytest.mark.parametrize(
+    "corrupt, match",
+    [
+        (lambda t: t.to(torch.int32), "has dtype torch.int32"),
+        (lambda t: t.index_put_((torch.tensor([0]),), torch.tensor(float("nan"))), "NaN or infinite"),
+        (lambda t: t.index_put_((torch.tensor([0]),), torch.tensor(float("inf"))), "NaN or infinite"),
+    ],
+    ids=["int32", "nan", "inf"],
+)
+def test_weights_of_a_wrong_dtype_or_not_finite_are_refused_by_name(saved, corrupt, match):
+    from safetensors.torch import load_file, save_file
+
+    _, directory, _ = saved
+    weights = load_file(directory / "model.safetensors")
+    name = "hypernetwork.memory_tokens"
+    weights[name] = corrupt(weights[name].flatten().clone()).reshape(weights[name].shape)
+    save_file(weights, directory / "model.safetensors")
+    with pytest.raises(CheckpointError, match=rf"'{name}'.*{match}"):
+        ShineForCausalLM.from_pretrained(directory)
+
+
+def test_a_copy_of_a_checkpoint_with_a_relative_backbone_path_still_loads(saved, tmp_path):
+    """The shipped facts-shine names its backbone `../facts-llama`: a copy saved elsewhere must still find it."""
+    model, directory, backbone_dir = saved
+    assert json.loads((directory / "config.json").read_text())["backbone_name_or_path"] == "../backbone"
+    loaded = ShineForCausalLM.from_pretrained(directory)
+    assert loaded.config.backbone_name_or_path == str(backbone_dir.resolve())  # absolute in memory
+    elsewhere = tmp_path / "deep" / "er" / "copy"
+    loaded.save_pretrained(elsewhere)
+    written = json.loads((elsewhere / "config.json").read_text())["backbone_name_or_path"]
+    assert written == str(backbone_dir.resolve())  # neither inside nor beside: absolute
+    _assert_same_adapter(model.internalize(CONTEXT), ShineForCausalLM.from_pretrained(elsewhere).internalize(CONTEXT))
+    beside = tmp_path / "beside"
+    loaded.save_pretrained(beside)
+    assert json.loads((beside / "config.json").read_text())["backbone_name_or_path"] == "../backbone"
+    assert "/" + str(tmp_path).strip("/") not in (beside / "README.md").read_text()
+    _assert_same_adapter(model.internalize(CONTEXT), ShineForCausalLM.from_pretrained(beside).internalize(CONTEXT))
+
+
+def test_the_shipped_facts_model_survives_a_copy(tmp_path):
+    from shine_hf.assets import FACTS_SHINE
+
+    model = ShineForCausalLM.from_pretrained(FACTS_SHINE)
+    model.save_pretrained(tmp_path / "copy")
+    copy = ShineForCausalLM.from_pretrained(tmp_path / "copy")
+    _assert_same_adapter(model.internalize("Tarsk is a city."), copy.internalize("Tarsk is a city."))
+
+
+def test_pushing_a_checkpoint_whose_backbone_is_a_local_path_needs_the_hub_id(saved):
+    from shine_hf import ConfigError
+
+    _, directory, _ = saved
+    loaded = ShineForCausalLM.from_pretrained(directory)
+    with pytest.raises(ConfigError, match=r"local path .* means nothing on the Hub.*backbone_name_or_path="):
+        loaded.push_to_hub("someone/never-pushed")
+
+
+def test_a_mistyped_local_path_says_it_does_not_exist(tmp_path):
+    for path in ("./no-such-checkpoint", str(tmp_path / "missing"), "../nope/shine"):
+        with pytest.raises(CheckpointError, match="No such checkpoint directory"):
+            ShineForCausalLM.from_pretrained(path)
+    (tmp_path / "file.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="is a file"):
+        ShineForCausalLM.from_pretrained(tmp_path / "file.json")
+
+
+def test_unknown_keyword_arguments_are_refused_and_backbone_options_passed_on(saved):
+    _, directory, _ = saved
+    with pytest.raises(TypeError, match=r"unexpected keyword argument.*lora_sacle"):
+        ShineForCausalLM.from_pretrained(directory, lora_sacle=0.1)
+    loaded = ShineForCausalLM.from_pretrained(directory, attn_implementation="eager")
+    assert loaded.backbone.config._attn_implementation == "eager"
+    with pytest.raises(TypeError, match="attn_implementation only apply when the backbone is loaded by name"):
+        ShineForCausalLM.from_pretrained(directory, backbone=tiny_backbone("qwen3"), attn_implementation="eager")
+    with pytest.raises(TypeError, match="unexpected keyword argument"):
+        loaded.save_pretrained(directory, safe_serialisation=True)
+
+
+def test_subfolder_is_honoured(saved, tmp_path):
+    model, _, _ = saved
+    root = tmp_path / "repo"
+    model.save_pretrained(root / "sub")
+    loaded = ShineForCausalLM.from_pretrained(root, subfolder="sub")
+    _assert_same_adapter(model.internalize(CONTEXT), loaded.internalize(CONTEXT))
