@@ -38,7 +38,8 @@ from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, Pre
 # From the package, not from .modeling: this also registers the "shine" model type and the
 # model-card renderers, so a converted checkpoint gets the full model card.
 from . import ShineForCausalLM
-from .modeling.errors import BackboneMismatchError, CheckpointError, ReferenceFormatError, ShineError
+from .modeling.configuration_shine import ShineConfig, default_m2p_num_heads
+from .modeling.errors import BackboneMismatchError, CheckpointError, ConfigError, ReferenceFormatError, ShineError
 from .modeling.io_utils import atomic_directory
 from .modeling.lora import TargetModule
 
@@ -77,10 +78,6 @@ REFERENCE_MODULES: dict[str, tuple[str, str]] = {
     "mlp.up_proj": ("mlp", "up"),
     "mlp.down_proj": ("mlp", "down"),
 }
-
-# M2P attention heads of the reference configurations (configs/Qwen3-{0.6B,1.7B,8B}.yaml), by
-# hidden size. The files do not store the head count.
-REFERENCE_M2P_HEADS: dict[int, int] = {1024: 8, 2048: 16, 4096: 32}
 
 # Wrapper prefixes a state dict may carry if it was taken from a compiled or DDP-wrapped module.
 _WRAPPER_PREFIXES = ("_orig_mod.", "module.")
@@ -347,16 +344,6 @@ def infer_lora_rank(targets: list[TargetModule], hidden_size: int, num_memory_to
     return ranks[0]
 
 
-def default_m2p_num_heads(backbone_config: PretrainedConfig) -> int:
-    """M2P heads when not given: the reference configuration's value for its hidden sizes
-    (32 for Qwen3-8B's 4096), otherwise the backbone's attention head count."""
-    hidden = backbone_config.hidden_size
-    if hidden in REFERENCE_M2P_HEADS:
-        return REFERENCE_M2P_HEADS[hidden]
-    heads = getattr(backbone_config, "num_attention_heads", None)
-    return heads if heads and hidden % heads == 0 else 1
-
-
 # ----------------------------------------------------------------------------- loading into a model
 def _mismatch(config: PretrainedConfig, problems: list[str]) -> BackboneMismatchError:
     name = getattr(config, "_name_or_path", "") or getattr(config, "model_type", "?")
@@ -488,17 +475,14 @@ def convert_reference_checkpoint(
         `out_dir` as a Path.
 
     Raises:
-        ValueError: `lora_scale` is not a positive finite number, or `m2p_num_heads` is not positive.
+        ConfigError: `lora_scale` or `m2p_num_heads` is a value `ShineConfig` refuses.
         CheckpointError: a file is missing, unsafe (needs code execution), corrupt or not in the
             reference layout, or `out_dir` is an existing file.
         BackboneMismatchError: a tensor's shape does not fit the backbone (names both shapes), or
             `m2p_num_heads` does not divide its hidden size.
         UnsupportedBackboneError: the backbone lacks the seven q/k/v/o/gate/up/down projections.
     """
-    if not (math.isfinite(lora_scale) and lora_scale > 0):
-        raise ValueError(f"lora_scale must be a positive finite number, got {lora_scale}.")
-    if m2p_num_heads is not None and m2p_num_heads <= 0:
-        raise ValueError(f"m2p_num_heads must be positive, got {m2p_num_heads}.")
+    ShineConfig(lora_scale=lora_scale, m2p_num_heads=m2p_num_heads)  # the options, checked before any work
     if Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise CheckpointError(f"{out_dir} is a file; the converted checkpoint is written as a directory.")
     report = progress or (lambda message: None)
@@ -524,9 +508,7 @@ def convert_reference_checkpoint(
         model = ShineForCausalLM.from_backbone(backbone_model, tokenizer=tokenizer, revision=backbone_revision,
                                                target_modules=list(REFERENCE_MODULES), m2p_num_heads=heads,
                                                lora_scale=lora_scale, **sizes)
-    except ShineError:
-        raise
-    except ValueError as error:  # ShineConfig refuses the sizes read from the files
+    except ConfigError as error:  # the options were checked above: ShineConfig refuses the sizes read from the files
         raise CheckpointError(f"{directory} does not describe a valid SHINE hypernetwork: {error}") from error
     if tokenizer is not None:
         model.tokenizer = tokenizer

@@ -100,13 +100,13 @@ def _one_line_error(result, *fragments: str) -> str:
 @pytest.mark.parametrize(
     ("arguments", "fragments"),
     [
-        (["--lora-scale", "-1"], ["--lora-scale", "positive"]),
-        (["--lora-scale", "0"], ["--lora-scale", "positive"]),
-        (["--lora-scale", "nan"], ["--lora-scale", "positive"]),
-        (["--lora-scale", "inf"], ["--lora-scale", "positive"]),
+        (["--lora-scale", "-1"], ["--lora-scale", "> 0"]),
+        (["--lora-scale", "0"], ["--lora-scale", "> 0"]),
+        (["--lora-scale", "nan"], ["--lora-scale", "> 0"]),
+        (["--lora-scale", "inf"], ["--lora-scale", "> 0"]),
         (["--lora-scale", "abc"], ["--lora-scale"]),
-        (["--m2p-num-heads", "0"], ["--m2p-num-heads"]),
-        (["--m2p-num-heads", "-4"], ["--m2p-num-heads"]),
+        (["--m2p-num-heads", "0"], ["--m2p-num-heads", ">= 1"]),
+        (["--m2p-num-heads", "-4"], ["--m2p-num-heads", ">= 1"]),
         (["--no-such-option"], ["--no-such-option", "shine convert --help"]),
     ],
 )

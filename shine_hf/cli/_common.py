@@ -7,8 +7,8 @@ imports it.
 from __future__ import annotations
 
 import contextlib
-import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -38,8 +38,18 @@ def fail_cleanly() -> Iterator[None]:
         raise typer.Exit(code=1) from None
 
 
-def positive_finite(value: float | None) -> float | None:
-    """Option callback: refuse zero, negative, infinite and NaN numbers."""
-    if value is not None and not (math.isfinite(value) and value > 0):
-        raise typer.BadParameter(f"must be a positive finite number, got {value}.")
-    return value
+def config_value(field: str) -> Callable[[Any], Any]:
+    """An option callback that refuses what `ShineConfig` refuses for `field` (the config is the one
+    home of the rule), as a usage error that names the option."""
+
+    def check(value: Any) -> Any:
+        if value is not None:
+            from ..modeling import ConfigError, ShineConfig
+
+            try:
+                ShineConfig(**{field: value})
+            except ConfigError as error:
+                raise typer.BadParameter(str(error)) from None
+        return value
+
+    return check
