@@ -412,7 +412,8 @@ def test_requires_grad_tensors_and_parameter_load_with_weights_only(reference_di
 
 
 def test_released_qwen3_8b_sizes():
-    """Qwen3-8B, r = 8: P = 606,208 = 148 * 4096 (DESIGN.md), 32 M2P heads; built on the meta device."""
+    """Qwen3-8B, r = 8: P = 606,208 = 148 * 4096 (docs/method.md, "2. Memory tokens"), 32 M2P heads; built on
+    the meta device."""
     from transformers import AutoModelForCausalLM
 
     config = tiny_backbone_config("qwen3", hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,

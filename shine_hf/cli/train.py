@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -15,7 +15,7 @@ from ..modeling import ShineError
 from ..train import RichProgressCallback, train
 
 
-class StageChoice(str, Enum):
+class StageChoice(StrEnum):
     """Training stage for the command line."""
 
     pretrain = "pretrain"
