@@ -87,6 +87,8 @@ def test_upload_folder_is_one_commit_with_lfs_for_weights(hub: HubContext, tmp_p
     commits = api.list_repo_commits(repo_id)
     assert [c.title for c in commits] == ["Upload folder using huggingface_hub", "initial commit"]
     assert commits[0].commit_id == sha and model_info(repo_id).sha == sha
+    upload_folder(repo_id=repo_id, folder_path=tmp_path / "tiny")  # files the repo holds already: no commit
+    assert len(api.list_repo_commits(repo_id)) == 2
     expected = [".gitattributes", "README.md", "config.json", "extra/notes.txt", "model.safetensors"]
     assert sorted(s.rfilename for s in model_info(repo_id).siblings) == expected == list_repo_files(repo_id)
 
