@@ -260,6 +260,9 @@ class _Handler(BaseHTTPRequestHandler):
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         self.server.hub.requests.append(RequestRecord(self.command, self.path, int(code)))
 
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: requests are in `HubServer.requests`, internal errors in `HubServer.errors`."""
+
     def _dispatch(self) -> None:
         try:
             self._body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
