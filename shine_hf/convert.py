@@ -1,6 +1,7 @@
 """Import of the released SHINE reference checkpoints (GitHub MuLabPKU/SHINE), and export back.
 
-The reference code saves a trained hypernetwork as three or four pickles (DESIGN.md section 3):
+The reference code saves a trained hypernetwork as three or four pickles (docs/method.md,
+"Released checkpoints"):
 
     mem_tokens.pt                 nn.Parameter (M, H)
     metanetwork.pth               state dict: layer_pe, token_pe, transformer_layers.{i}.*
@@ -8,12 +9,15 @@ The reference code saves a trained hypernetwork as three or four pickles (DESIGN
                                            "mlp": {"gate"|"up"|"down": {"A", "B", "C"}}}}
     ift_additional_metalora.pth   optional, same layout; merged after metalora.pth on the rank axis
 
-with A (1, in, R), B (1, R, out) and C None (bias-free modules) or the bias delta. The pickles are
-read with `torch.load(weights_only=True)` only: a file that needs code execution is refused.
+with A (1, in, R), B (1, R, out) and C None (bias-free modules) or the bias delta, (1, out) or (out).
+The pickles are read with `torch.load(weights_only=True)` only: a file that needs code execution is
+refused.
 
-`convert_reference_checkpoint` infers every size the files do not state (LoRA rank, meta-LoRA rank,
-M2P depth and width), checks each tensor against the backbone, and writes a shine-hf checkpoint.
-`export_reference_checkpoint` writes a shine-hf model in the reference layout.
+`convert_reference_checkpoint` infers the sizes the files do not state (LoRA rank, meta-LoRA rank,
+M2P depth and width), builds the hypernetwork for the backbone and loads every tensor into it under
+its `ShineHypernetwork.state_dict()` name with one strict `load_state_dict`. The model's own state
+dict is the specification: a missing, extra or misshapen tensor is reported under its reference
+file and key. `export_reference_checkpoint` writes a shine-hf model in the reference layout.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import math
 import os
 import pickle
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,14 +35,13 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
-from .modeling import (
-    BackboneMismatchError,
-    CheckpointError,
-    ShineForCausalLM,
-)
-from .modeling.errors import ReferenceFormatError
+# From the package, not from .modeling: this also registers the "shine" model type and the
+# model-card renderers, so a converted checkpoint gets the full model card.
+from . import ShineForCausalLM
+from .modeling.configuration_shine import ShineConfig, default_m2p_num_heads
+from .modeling.errors import BackboneMismatchError, CheckpointError, ConfigError, ReferenceFormatError, ShineError
 from .modeling.io_utils import atomic_directory
-from .modeling.lora import TargetModule, discover_target_modules
+from .modeling.lora import TargetModule
 
 __all__ = [
     "ADDITIONAL_METALORA_FILE",
@@ -54,11 +57,8 @@ __all__ = [
     "export_reference_checkpoint",
     "infer_lora_rank",
     "load_reference_checkpoint",
-    "merge_metalora",
-    "reference_to_state_dict",
+    "reference_key",
     "resolve_checkpoint_dir",
-    "state_dict_to_reference",
-    "validate_reference_checkpoint",
 ]
 
 MEM_TOKENS_FILE = "mem_tokens.pt"
@@ -79,17 +79,43 @@ REFERENCE_MODULES: dict[str, tuple[str, str]] = {
     "mlp.down_proj": ("mlp", "down"),
 }
 
-# M2P attention heads of the reference configurations (configs/Qwen3-{0.6B,1.7B,8B}.yaml), by
-# hidden size. The files do not store the head count.
-REFERENCE_M2P_HEADS: dict[int, int] = {1024: 8, 2048: 16, 4096: 32}
-
 # Wrapper prefixes a state dict may carry if it was taken from a compiled or DDP-wrapped module.
 _WRAPPER_PREFIXES = ("_orig_mod.", "module.")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_LORA_PARTS = ("A", "B", "C")
+_SHOWN_PROBLEMS = 5
 
 ProgressCallback = Callable[[str], None]
-# layer -> group -> key -> {"A", "B", "C"}
-ReferenceLoraDict = dict[int, dict[str, dict[str, dict[str, torch.Tensor | None]]]]
+# Where a tensor lives in the reference files: the file and the keys inside it, e.g.
+# ("metalora.pth", (0, "mlp", "gate", "B")), ("metanetwork.pth", ("layer_pe",)), ("mem_tokens.pt", ()).
+ReferenceKey = tuple[str, tuple[Any, ...]]
+_MEM_TOKENS: ReferenceKey = (MEM_TOKENS_FILE, ())
+
+
+def reference_key(name: str, targets: list[TargetModule]) -> ReferenceKey:
+    """Where the hypernetwork tensor `name` (a `ShineHypernetwork.state_dict()` key) lives in the
+    reference files. The one mapping between the two layouts, used for import and export."""
+    if name == "memory_tokens":
+        return _MEM_TOKENS
+    if name.startswith("m2p."):
+        return METANETWORK_FILE, (name.removeprefix("m2p."),)
+    _, _, layer, module, part = name.split(".")  # meta_lora.layers.{layer}.{module key}.{A|B|C}
+    group, key = {t.key: REFERENCE_MODULES[t.name] for t in targets}[module]
+    return METALORA_FILE, (int(layer), group, key, part)
+
+
+def _describe(ref: ReferenceKey, with_file: bool = True) -> str:
+    """`metalora.pth[0]['mlp']['gate']['B']`, `metanetwork.pth 'layer_pe'`, `mem_tokens.pt`; without the
+    file: `[0]['mlp']['gate']['B']`, `layer_pe`."""
+    file, path = ref
+    if file == METANETWORK_FILE:
+        return f"{file} {path[0]!r}" if with_file else str(path[0])
+    return (file if with_file else "") + "".join(f"[{part!r}]" for part in path)
+
+
+def _abbreviate(items: list[str], limit: int = _SHOWN_PROBLEMS, separator: str = ", ") -> str:
+    shown = separator.join(items[:limit])
+    return shown + (f"{separator}and {len(items) - limit} more" if len(items) > limit else "")
 
 
 @dataclass
@@ -97,44 +123,54 @@ class ReferenceCheckpoint:
     """The tensors of a reference checkpoint (the meta-LoRA already merged with its IFT addition).
 
     Attributes:
-        mem_tokens: (M, H) memory-token embeddings.
-        metanetwork: The M2P state dict (`layer_pe`, `token_pe`, `transformer_layers.{i}.*`).
-        metalora: The meta-LoRA as the reference's nested dict, A (1, in, R), B (1, R, out).
+        tensors: Reference key -> tensor, in the files' own layout and order, e.g.
+            `("metalora.pth", (0, "mlp", "gate", "B"))` -> B (1, R, out).
         files: The files the tensors were read from.
     """
 
-    mem_tokens: torch.Tensor
-    metanetwork: dict[str, torch.Tensor]
-    metalora: ReferenceLoraDict
+    tensors: dict[ReferenceKey, torch.Tensor]
     files: tuple[str, ...] = ()
 
     @property
-    def num_memory_tokens(self) -> int:
-        return self.mem_tokens.shape[0]
-
-    @property
-    def hidden_size(self) -> int:
-        return self.mem_tokens.shape[1]
+    def mem_tokens(self) -> torch.Tensor:
+        """(M, H) memory-token embeddings."""
+        return self.tensors[_MEM_TOKENS]
 
     @property
     def num_layers(self) -> int:
-        return len(self.metalora)
+        """Decoder layers of the meta-LoRA."""
+        return len({path[0] for file, path in self.tensors if file == METALORA_FILE})
 
     @property
     def metalora_rank(self) -> int:
-        return _first_leaf(self.metalora)["A"].shape[-1]
+        return self._get(METALORA_FILE, 0, "attention", "q", "A", purpose="the meta-LoRA rank").shape[-1]
 
-    @property
-    def m2p_num_layers(self) -> int:
-        indices = {key.split(".")[1] for key in self.metanetwork if key.startswith("transformer_layers.")}
-        return len(indices)  # non-numeric or gapped indices are reported by the key check
+    def _get(self, file: str, *path: Any, purpose: str) -> torch.Tensor:
+        if (file, path) not in self.tensors:
+            raise CheckpointError(f"{_describe((file, path))} is missing: cannot infer {purpose}.")
+        return self.tensors[(file, path)]
 
-    @property
-    def m2p_ffn_dim(self) -> int:
-        key = "transformer_layers.0.linear1.weight"
-        if key not in self.metanetwork:
-            raise CheckpointError(f"{METANETWORK_FILE} has no {key!r}: cannot infer the M2P feed-forward width.")
-        return self.metanetwork[key].shape[0]
+    def sizes(self) -> dict[str, int]:
+        """The `ShineConfig` sizes the files imply but do not state.
+
+        The LoRA rank r is the one for which the meta-LoRA's projections (their sizes in decoder
+        layer 0) give M = ceil(P(r) / H) memory tokens.
+        """
+        modules = []
+        for name, (group, key) in REFERENCE_MODULES.items():
+            A = self._get(METALORA_FILE, 0, group, key, "A", purpose="the LoRA rank")
+            B = self._get(METALORA_FILE, 0, group, key, "B", purpose="the LoRA rank")
+            has_bias = (METALORA_FILE, (0, group, key, "C")) in self.tensors
+            modules.append(TargetModule(name, A.shape[1], B.shape[2], has_bias))
+        try:
+            lora_rank = infer_lora_rank(modules, self.mem_tokens.shape[1], self.mem_tokens.shape[0])
+        except BackboneMismatchError as error:  # every size here comes from the files: they disagree
+            raise CheckpointError(f"The reference files disagree: {error}") from None
+        ffn = self._get(METANETWORK_FILE, "transformer_layers.0.linear1.weight", purpose="the M2P feed-forward width")
+        depth = {path[0].split(".")[1] for file, path in self.tensors
+                 if file == METANETWORK_FILE and path[0].startswith("transformer_layers.")}
+        return dict(lora_rank=lora_rank, metalora_rank=self.metalora_rank, m2p_num_layers=len(depth),
+                    m2p_ffn_dim=ffn.shape[0])
 
 
 # ---------------------------------------------------------------------------------------- reading
@@ -196,148 +232,99 @@ def _first_line(error: BaseException) -> str:
 
 
 def load_reference_checkpoint(directory: str | os.PathLike) -> ReferenceCheckpoint:
-    """Read and structurally check the reference files in `directory` (no backbone needed).
+    """Read the reference files in `directory` (no backbone needed).
 
-    `ift_additional_metalora.pth`, when present, is merged into the meta-LoRA (`merge_metalora`).
+    `ift_additional_metalora.pth`, when present, is merged into the meta-LoRA as the reference does:
+    `metalora.pth` first, A concatenated on its rank axis (dim 2), B on its rank axis (dim 1), C summed.
 
     Raises:
-        CheckpointError: a required file is missing, unsafe, corrupt or not in the reference layout.
+        CheckpointError: a required file is missing, unsafe or corrupt, holds something other than
+            tensors in nested dicts, or the IFT file does not match `metalora.pth`.
     """
     directory = Path(directory)
-    mem_tokens = _as_tensor(_safe_load(directory / MEM_TOKENS_FILE), MEM_TOKENS_FILE, "mem_tokens")
-    if mem_tokens.dim() != 2:
-        raise CheckpointError(f"{MEM_TOKENS_FILE} holds a tensor of shape {_shape(mem_tokens)}; expected (M, H).")
-    metanetwork = _state_dict(_safe_load(directory / METANETWORK_FILE))
-    metalora = _lora_dict(_safe_load(directory / METALORA_FILE), METALORA_FILE)
-    files = [MEM_TOKENS_FILE, METANETWORK_FILE, METALORA_FILE]
-    additional_path = directory / ADDITIONAL_METALORA_FILE
-    if additional_path.is_file():
-        additional = _lora_dict(_safe_load(additional_path), ADDITIONAL_METALORA_FILE)
-        metalora = merge_metalora(metalora, additional)
-        files.append(ADDITIONAL_METALORA_FILE)
-    return ReferenceCheckpoint(mem_tokens.detach(), metanetwork, metalora, tuple(files))
-
-
-def _as_tensor(value: Any, file: str, what: str) -> torch.Tensor:
-    if not isinstance(value, torch.Tensor):
-        raise CheckpointError(f"{file}: {what} is a {type(value).__name__}, expected a tensor.")
-    return value
-
-
-def _shape(tensor: torch.Tensor | None) -> tuple[int, ...] | None:
-    return None if tensor is None else tuple(tensor.shape)
-
-
-def _state_dict(value: Any) -> dict[str, torch.Tensor]:
-    if not isinstance(value, Mapping):
-        raise CheckpointError(f"{METANETWORK_FILE} holds a {type(value).__name__}, expected a state dict.")
-    state: dict[str, torch.Tensor] = {}
-    for key, tensor in value.items():
-        name = str(key)
+    mem_tokens = _safe_load(directory / MEM_TOKENS_FILE)
+    if not isinstance(mem_tokens, torch.Tensor) or mem_tokens.dim() != 2:
+        found = type(mem_tokens).__name__
+        if isinstance(mem_tokens, torch.Tensor):
+            found = f"tensor of shape {tuple(mem_tokens.shape)}"
+        raise CheckpointError(f"{MEM_TOKENS_FILE} holds a {found}; expected an (M, H) tensor.")
+    tensors: dict[ReferenceKey, torch.Tensor] = {_MEM_TOKENS: mem_tokens.detach()}
+    for key, tensor in _tensors(_safe_load(directory / METANETWORK_FILE), METANETWORK_FILE):
+        name = str(key[0])
         for prefix in _WRAPPER_PREFIXES:
             name = name.removeprefix(prefix)
-        state[name] = _as_tensor(tensor, METANETWORK_FILE, repr(key)).detach()
-    return state
+        tensors[(METANETWORK_FILE, (name, *key[1:]))] = tensor
+    metalora = _metalora(_safe_load(directory / METALORA_FILE), METALORA_FILE)
+    files = [MEM_TOKENS_FILE, METANETWORK_FILE, METALORA_FILE]
+    if (directory / ADDITIONAL_METALORA_FILE).is_file():
+        additional = _metalora(_safe_load(directory / ADDITIONAL_METALORA_FILE), ADDITIONAL_METALORA_FILE)
+        metalora = _merge_metalora(metalora, additional)
+        files.append(ADDITIONAL_METALORA_FILE)
+    tensors.update({(METALORA_FILE, path): tensor for path, tensor in metalora.items()})
+    return ReferenceCheckpoint(tensors, tuple(files))
 
 
-def _lora_dict(value: Any, file: str) -> ReferenceLoraDict:
-    """Check the nested layout {layer: {group: {key: {"A", "B", "C"}}}} and normalise the layer keys."""
-    if not isinstance(value, Mapping) or not value:
-        raise CheckpointError(f"{file} holds a {type(value).__name__}, expected a non-empty dict of decoder layers.")
-    layers: ReferenceLoraDict = {}
-    for layer_key, groups in value.items():
-        if isinstance(layer_key, str) and layer_key.isdigit():
-            layer_key = int(layer_key)
-        if not isinstance(layer_key, int):
-            raise CheckpointError(f"{file}: top-level key {layer_key!r} is not a decoder-layer index.")
-        layers[layer_key] = _lora_layer(groups, f"{file}[{layer_key}]")
-    if sorted(layers) != list(range(len(layers))):
-        raise CheckpointError(f"{file}: decoder-layer keys {sorted(layers)} are not 0..{len(layers) - 1}.")
-    return dict(sorted(layers.items()))
+def _tensors(value: Any, file: str, path: tuple[Any, ...] = ()) -> Iterator[tuple[tuple[Any, ...], torch.Tensor]]:
+    """(keys, tensor) for every tensor in nested dicts; None leaves (C of a bias-free module) are skipped."""
+    if not path and not (isinstance(value, Mapping) and value):
+        raise CheckpointError(f"{file} holds a {type(value).__name__}; expected a non-empty dict of tensors.")
+    if isinstance(value, Mapping):
+        for key, child in value.items():
+            yield from _tensors(child, file, (*path, key))
+    elif isinstance(value, torch.Tensor):
+        yield path, value.detach()
+    elif value is not None:
+        raise CheckpointError(f"{_describe((file, path))} holds a {type(value).__name__}; expected a tensor.")
 
 
-def _lora_layer(groups: Any, where: str) -> dict[str, dict[str, dict[str, torch.Tensor | None]]]:
-    expected: dict[str, list[str]] = {}
-    for group, key in REFERENCE_MODULES.values():
-        expected.setdefault(group, []).append(key)
-    if not isinstance(groups, Mapping) or set(groups) != set(expected):
-        found = sorted(groups) if isinstance(groups, Mapping) else type(groups).__name__
-        raise CheckpointError(f"{where}: expected the groups {sorted(expected)}, found {found}.")
-    layer: dict[str, dict[str, dict[str, torch.Tensor | None]]] = {}
-    for group, keys in expected.items():
-        modules = groups[group]
-        if not isinstance(modules, Mapping) or set(modules) != set(keys):
-            found = sorted(modules) if isinstance(modules, Mapping) else type(modules).__name__
-            raise CheckpointError(f"{where}[{group!r}]: expected the modules {keys}, found {found}.")
-        layer[group] = {key: _lora_leaf(modules[key], f"{where}[{group!r}][{key!r}]") for key in keys}
-    return layer
+def _metalora(value: Any, file: str) -> dict[tuple[Any, ...], torch.Tensor]:
+    """A meta-LoRA file by (layer, group, key, part); the LoRA tensors must carry the batch axis of 1."""
+    leaves: dict[tuple[Any, ...], torch.Tensor] = {}
+    for path, tensor in _tensors(value, file):
+        layer = int(path[0]) if isinstance(path[0], str) and path[0].isdigit() else path[0]
+        path = (layer, *path[1:])
+        part = path[-1]
+        if len(path) == 4 and part in _LORA_PARTS:
+            batched = tensor.dim() == (2 if part == "C" else 3) and tensor.shape[0] == 1
+            if not batched and not (part == "C" and tensor.dim() == 1):
+                expected = "(1, out) or (out)" if part == "C" else f"(1, {'in, R' if part == 'A' else 'R, out'})"
+                raise CheckpointError(
+                    f"{_describe((file, path))} has shape {tuple(tensor.shape)}; the reference layout is {expected}."
+                )
+        leaves[path] = tensor
+    return leaves
 
 
-def _lora_leaf(leaf: Any, where: str) -> dict[str, torch.Tensor | None]:
-    if not isinstance(leaf, Mapping) or "A" not in leaf or "B" not in leaf or set(leaf) - {"A", "B", "C"}:
-        found = sorted(leaf) if isinstance(leaf, Mapping) else type(leaf).__name__
-        raise CheckpointError(f"{where}: expected a dict with 'A', 'B' and optionally 'C', found {found}.")
-    A = _as_tensor(leaf["A"], where, "A").detach()
-    B = _as_tensor(leaf["B"], where, "B").detach()
-    C = leaf.get("C")
-    if C is not None:
-        C = _as_tensor(C, where, "C").detach()
-    if A.dim() != 3 or B.dim() != 3 or A.shape[0] != 1 or B.shape[0] != 1 or A.shape[2] != B.shape[1]:
-        raise CheckpointError(
-            f"{where}: A {_shape(A)} and B {_shape(B)} are not (1, in, R) and (1, R, out) with one rank R."
-        )
-    return {"A": A, "B": B, "C": C}
-
-
-def _first_leaf(lora: ReferenceLoraDict) -> dict[str, torch.Tensor | None]:
-    group, key = REFERENCE_MODULES["self_attn.q_proj"]
-    return lora[0][group][key]
-
-
-def merge_metalora(base: ReferenceLoraDict, additional: ReferenceLoraDict) -> ReferenceLoraDict:
-    """Merge the IFT meta-LoRA into the pretrained one as the reference does.
-
-    `base` first: A concatenated on its rank axis (dim 2), B on its rank axis (dim 1), C summed.
-
-    Raises:
-        CheckpointError: the two do not have the same layers, modules and in/out sizes.
-    """
+def _merge_metalora(base: dict[tuple[Any, ...], torch.Tensor],
+                    additional: dict[tuple[Any, ...], torch.Tensor]) -> dict[tuple[Any, ...], torch.Tensor]:
+    """`metalora.pth` then the IFT addition: A concatenated on dim 2, B on dim 1, C summed."""
     if set(base) != set(additional):
+        layers = [sorted({path[0] for path in lora}, key=str) for lora in (additional, base)]
+        if layers[0] != layers[1]:
+            raise CheckpointError(
+                f"{ADDITIONAL_METALORA_FILE} has decoder layers {layers[0]}, {METALORA_FILE} has {layers[1]}."
+            )
+        differing = sorted(_describe((METALORA_FILE, path)) for path in set(base) ^ set(additional))
         raise CheckpointError(
-            f"{ADDITIONAL_METALORA_FILE} has decoder layers {sorted(additional)}, {METALORA_FILE} has {sorted(base)}."
+            f"{ADDITIONAL_METALORA_FILE} and {METALORA_FILE} do not hold the same tensors: {_abbreviate(differing)}."
         )
-    merged: ReferenceLoraDict = {}
-    for layer, groups in base.items():
-        merged[layer] = {}
-        for group, modules in groups.items():
-            merged[layer][group] = {}
-            for key, first in modules.items():
-                where = f"[{layer}][{group!r}][{key!r}]"
-                merged[layer][group][key] = _merge_leaf(first, additional[layer][group][key], where)
+    merged = {}
+    for path, first in base.items():
+        second, part = additional[path], path[-1]
+        try:
+            if part in ("A", "B"):  # the rank axis: A (1, in, R), B (1, R, out)
+                merged[path] = torch.cat([first, second], dim=2 if part == "A" else 1)
+            else:
+                merged[path] = first + second if part == "C" else first
+        except RuntimeError:
+            raise CheckpointError(
+                f"{_describe((METALORA_FILE, path), with_file=False)} has shape {tuple(first.shape)} in "
+                f"{METALORA_FILE} but {tuple(second.shape)} in {ADDITIONAL_METALORA_FILE}: they cannot be merged."
+            ) from None
     return merged
 
 
-def _merge_leaf(first: dict[str, torch.Tensor | None], second: dict[str, torch.Tensor | None],
-                where: str) -> dict[str, torch.Tensor | None]:
-    A1, B1, C1 = first["A"], first["B"], first["C"]
-    A2, B2, C2 = second["A"], second["B"], second["C"]
-    if A1.shape[:2] != A2.shape[:2] or B1.shape[::2] != B2.shape[::2]:
-        raise CheckpointError(
-            f"{where}: {METALORA_FILE} has A {_shape(A1)}, B {_shape(B1)} but {ADDITIONAL_METALORA_FILE} has "
-            f"A {_shape(A2)}, B {_shape(B2)}: in/out sizes differ."
-        )
-    if (C1 is None) != (C2 is None) or (C1 is not None and C1.shape != C2.shape):
-        raise CheckpointError(
-            f"{where}: C is {_shape(C1)} in {METALORA_FILE} but {_shape(C2)} in {ADDITIONAL_METALORA_FILE}."
-        )
-    return {
-        "A": torch.cat([A1, A2], dim=2),
-        "B": torch.cat([B1, B2], dim=1),
-        "C": None if C1 is None else C1 + C2,
-    }
-
-
-# ------------------------------------------------------------------------------ sizes and checks
+# ---------------------------------------------------------------------------------------- sizes
 def infer_lora_rank(targets: list[TargetModule], hidden_size: int, num_memory_tokens: int) -> int:
     """The LoRA rank r with M = ceil(P(r) / H), P(r) = sum of r*(in+out) (+out with a bias).
 
@@ -351,149 +338,89 @@ def infer_lora_rank(targets: list[TargetModule], hidden_size: int, num_memory_to
     if len(ranks) != 1:
         found = "no LoRA rank" if not ranks else f"several LoRA ranks {ranks}"
         raise BackboneMismatchError(
-            f"{MEM_TOKENS_FILE} has {num_memory_tokens} memory tokens, but {found} of this backbone's target "
-            f"modules (P(r) = {per_rank}*r + {bias}, hidden size {hidden_size}) gives ceil(P/H) = "
-            f"{num_memory_tokens}: the checkpoint was made for another backbone."
+            f"{MEM_TOKENS_FILE} has {num_memory_tokens} memory tokens, but {found} of the target modules "
+            f"(P(r) = {per_rank}*r + {bias}, hidden size {hidden_size}) gives ceil(P/H) = {num_memory_tokens}."
         )
     return ranks[0]
 
 
-def default_m2p_num_heads(backbone_config: PretrainedConfig) -> int:
-    """M2P heads when not given: the reference configuration's value for its hidden sizes
-    (32 for Qwen3-8B's 4096), otherwise the backbone's attention head count."""
-    hidden = backbone_config.hidden_size
-    if hidden in REFERENCE_M2P_HEADS:
-        return REFERENCE_M2P_HEADS[hidden]
-    heads = getattr(backbone_config, "num_attention_heads", None)
-    return heads if heads and hidden % heads == 0 else 1
-
-
-def _expected_encoder_shapes(hidden: int, ffn: int) -> dict[str, tuple[int, ...]]:
-    """Parameter shapes of one `nn.TransformerEncoderLayer(hidden, ffn)` (heads do not matter)."""
-    layer = nn.TransformerEncoderLayer(hidden, 1, ffn, dropout=0.0, batch_first=True, bias=True, device="meta")
-    return {name: tuple(tensor.shape) for name, tensor in layer.state_dict().items()}
-
-
-def _check_metanetwork_keys(checkpoint: ReferenceCheckpoint) -> None:
-    depth = checkpoint.m2p_num_layers
-    encoder_keys = _expected_encoder_shapes(1, 1).keys()
-    expected = {"layer_pe", "token_pe"} | {
-        f"transformer_layers.{i}.{name}" for i in range(depth) for name in encoder_keys
-    }
-    details = [
-        f"{label} {_abbreviate(sorted(keys))}"
-        for label, keys in (("missing", expected - set(checkpoint.metanetwork)),
-                            ("unsupported", set(checkpoint.metanetwork) - expected))
-        if keys
-    ]
-    if details:
-        raise CheckpointError(
-            f"{METANETWORK_FILE} is not a reference M2P transformer (layer_pe, token_pe, "
-            f"transformer_layers.{{i}}.*; no couple layers): " + "; ".join(details) + "."
-        )
-    if depth == 0 or depth % 2:
-        raise CheckpointError(f"{METANETWORK_FILE} has {depth} M2P layers; the reference M2P needs an even number > 0.")
-
-
-def _abbreviate(items: list[str], limit: int = 4) -> str:
-    shown = ", ".join(items[:limit])
-    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
-
-
-def validate_reference_checkpoint(checkpoint: ReferenceCheckpoint, backbone: nn.Module,
-                                  targets: list[TargetModule]) -> None:
-    """Compare every tensor's shape with what `backbone` needs.
-
-    Raises:
-        CheckpointError: `metanetwork.pth` is not the reference M2P transformer.
-        BackboneMismatchError: shapes differ; the message names each tensor and both shapes.
-    """
-    _check_metanetwork_keys(checkpoint)
-    config = backbone.config
-    hidden, num_layers = config.hidden_size, config.num_hidden_layers
-    M, R, ffn = checkpoint.num_memory_tokens, checkpoint.metalora_rank, checkpoint.m2p_ffn_dim
-    problems: list[str] = []
-
-    def compare(name: str, tensor: torch.Tensor | None, expected: tuple[int, ...] | None) -> None:
-        if _shape(tensor) != expected:
-            problems.append(f"{name} has shape {_shape(tensor)}, the backbone needs {expected}")
-
-    compare(f"{MEM_TOKENS_FILE} 'mem_tokens'", checkpoint.mem_tokens, (M, hidden))
-    compare(f"{METANETWORK_FILE} 'layer_pe'", checkpoint.metanetwork["layer_pe"], (num_layers, hidden))
-    compare(f"{METANETWORK_FILE} 'token_pe'", checkpoint.metanetwork["token_pe"], (M, hidden))
-    for name, shape in _expected_encoder_shapes(hidden, ffn).items():
-        for i in range(checkpoint.m2p_num_layers):
-            key = f"transformer_layers.{i}.{name}"
-            compare(f"{METANETWORK_FILE} {key!r}", checkpoint.metanetwork[key], shape)
-    if checkpoint.num_layers != num_layers:
-        problems.append(f"{METALORA_FILE} has {checkpoint.num_layers} decoder layers, the backbone has {num_layers}")
-    for layer in range(min(checkpoint.num_layers, num_layers)):
-        for t in targets:
-            group, key = REFERENCE_MODULES[t.name]
-            leaf = checkpoint.metalora[layer][group][key]
-            where = f"{METALORA_FILE}[{layer}][{group!r}][{key!r}]"
-            compare(f"{where}['A']", leaf["A"], (1, t.in_features, R))
-            compare(f"{where}['B']", leaf["B"], (1, R, t.out_features))
-            C = leaf["C"]
-            if t.has_bias:
-                expected_c = (1, t.out_features) if C is not None and C.dim() == 2 else (t.out_features,)
-                compare(f"{where}['C']", C, expected_c)
-            else:
-                compare(f"{where}['C']", C, None)
-    if problems:
-        shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
-        raise BackboneMismatchError(
-            f"The SHINE checkpoint does not fit the backbone {type(backbone).__name__} "
-            f"({_describe(config)}): {shown}."
-        )
-
-
-def _describe(config: PretrainedConfig) -> str:
+# ----------------------------------------------------------------------------- loading into a model
+def _mismatch(config: PretrainedConfig, problems: list[str]) -> BackboneMismatchError:
     name = getattr(config, "_name_or_path", "") or getattr(config, "model_type", "?")
-    return f"{name}, hidden size {config.hidden_size}, {config.num_hidden_layers} layers"
+    return BackboneMismatchError(
+        f"The SHINE checkpoint does not fit the backbone ({name}, hidden size {config.hidden_size}, "
+        f"{config.num_hidden_layers} layers): {_abbreviate(problems, separator='; ')}."
+    )
 
 
-def _reference_targets(backbone: nn.Module) -> list[TargetModule]:
-    _, targets = discover_target_modules(backbone, list(REFERENCE_MODULES))
-    return targets
+def _load_tensors(model: ShineForCausalLM, checkpoint: ReferenceCheckpoint, backbone_config: PretrainedConfig) -> None:
+    """Load the checkpoint into `model.hypernetwork` with one strict `load_state_dict`.
+
+    The model's own state dict is the specification of which tensors must exist and their shapes;
+    when the load fails, `_incompatibility` says why under reference file and key names.
+    """
+    names = {reference_key(name, model.targets): name for name in model.hypernetwork.state_dict()}
+    state = {}
+    for ref, tensor in checkpoint.tensors.items():
+        if ref in names:  # LoRA tensors lose the reference's batch axis of 1 (C may also come without it)
+            batched = ref[0] == METALORA_FILE and (ref[1][-1] != "C" or tensor.dim() == 2)
+            state[names[ref]] = tensor[0] if batched else tensor
+    try:
+        if len(state) < len(checkpoint.tensors):
+            raise RuntimeError("Some reference tensors have no place in the hypernetwork.")
+        model.hypernetwork.load_state_dict(state, strict=True)
+    except RuntimeError:
+        explanation = _incompatibility(model, checkpoint, names, backbone_config)
+        if explanation is None:
+            raise
+        raise explanation from None
 
 
-# ------------------------------------------------------------------------------------- mapping
-def reference_to_state_dict(checkpoint: ReferenceCheckpoint, targets: list[TargetModule]) -> dict[str, torch.Tensor]:
-    """The checkpoint's tensors under `ShineHypernetwork.state_dict()` names (batch axis of 1 dropped)."""
-    state: dict[str, torch.Tensor] = {"memory_tokens": checkpoint.mem_tokens}
-    state.update({f"m2p.{key}": tensor for key, tensor in checkpoint.metanetwork.items()})
-    for layer, groups in checkpoint.metalora.items():
-        for t in targets:
-            group, key = REFERENCE_MODULES[t.name]
-            leaf = groups[group][key]
-            prefix = f"meta_lora.layers.{layer}.{t.key}"
-            state[f"{prefix}.A"] = leaf["A"][0]
-            state[f"{prefix}.B"] = leaf["B"][0]
-            if leaf["C"] is not None:
-                state[f"{prefix}.C"] = leaf["C"].reshape(-1)
-    return {key: tensor.detach() for key, tensor in state.items()}
+def _incompatibility(model: ShineForCausalLM, checkpoint: ReferenceCheckpoint, names: dict[ReferenceKey, str],
+                     backbone_config: PretrainedConfig) -> ShineError | None:
+    """Why the checkpoint's tensors do not load into the hypernetwork built for the backbone (None:
+    no difference in names or shapes).
 
+    Returns:
+        CheckpointError: tensors outside the reference layout, or tensors of it missing.
+        BackboneMismatchError: a tensor's shape, a bias delta C or the number of decoder layers
+            differs from what the backbone needs (each tensor named with both shapes).
+    """
+    expected = model.hypernetwork.state_dict()
+    layers, backbone_layers = checkpoint.num_layers, model.config.num_hidden_layers
 
-def state_dict_to_reference(model: ShineForCausalLM) -> ReferenceCheckpoint:
-    """The model's hypernetwork in the reference layout (tensors cloned to the CPU)."""
-    state = {key: tensor.detach().to("cpu").clone() for key, tensor in model.hypernetwork.state_dict().items()}
-    metanetwork = {key.removeprefix("m2p."): tensor for key, tensor in state.items() if key.startswith("m2p.")}
-    metalora: ReferenceLoraDict = {}
-    for layer in range(model.config.num_hidden_layers):
-        groups: dict[str, dict[str, dict[str, torch.Tensor | None]]] = {}
-        for t in model.targets:
-            group, key = REFERENCE_MODULES[t.name]
-            prefix = f"meta_lora.layers.{layer}.{t.key}"
-            C = state.get(f"{prefix}.C")
-            groups.setdefault(group, {})[key] = {
-                "A": state[f"{prefix}.A"][None].requires_grad_(True),
-                "B": state[f"{prefix}.B"][None].requires_grad_(True),
-                # (1, out), as the reference's init_lora_dict makes it and LoraLinear reads it.
-                "C": None if C is None else C[None].requires_grad_(True),
-            }
-        metalora[layer] = groups
-    return ReferenceCheckpoint(state["memory_tokens"], metanetwork, metalora)
+    def in_one_side_only(ref: ReferenceKey) -> bool:  # decoder layers reported once, as a layer count
+        return ref[0] == METALORA_FILE and isinstance(ref[1][0], int) and ref[1][0] >= min(layers, backbone_layers)
+
+    def bias_delta(ref: ReferenceKey) -> bool:  # a C exists exactly where the backbone's module has a bias
+        return ref[0] == METALORA_FILE and len(ref[1]) == 4 and ref[1][3] == "C"
+
+    missing = [ref for ref in names if ref not in checkpoint.tensors and not in_one_side_only(ref)]
+    unsupported = [ref for ref in checkpoint.tensors if ref not in names and not in_one_side_only(ref)]
+    layout = []
+    for file in REFERENCE_FILES[:3]:
+        found = []
+        for label, refs in (("missing", missing), ("unsupported", unsupported)):
+            keys = [_describe(ref, with_file=False) for ref in refs if ref[0] == file and not bias_delta(ref)]
+            if keys:
+                found.append(f"{label} {_abbreviate(keys)}")
+        if found:
+            layout.append(f"{file} is not in the reference layout: {'; '.join(found)}.")
+    if layout:
+        return CheckpointError(" ".join(layout))
+
+    problems = []
+    for ref in [*checkpoint.tensors, *missing]:
+        tensor, target = checkpoint.tensors.get(ref), expected.get(names.get(ref, ""))
+        have = None if tensor is None else tuple(tensor.shape)
+        needed = None if target is None else tuple(target.shape)
+        if have is not None and needed is not None:  # in the reference's layout, with its batch axis
+            needed = (1,) * (tensor.dim() - target.dim()) + needed
+        if have != needed and not in_one_side_only(ref):
+            problems.append(f"{_describe(ref)} has shape {have}, the backbone needs {needed}")
+    if layers != backbone_layers:
+        problems.append(f"{METALORA_FILE} has {layers} decoder layers, the backbone has {backbone_layers}")
+    return _mismatch(backbone_config, problems) if problems else None
 
 
 # -------------------------------------------------------------------------------- entry points
@@ -534,10 +461,11 @@ def convert_reference_checkpoint(
             optionally `ift_additional_metalora.pth`), or a Hub repo id holding them.
         backbone: The backbone the checkpoint was trained for: a loaded causal LM, or its Hub id /
             local path (only its config is read; no weights are downloaded).
-        out_dir: Where to write the shine-hf checkpoint (`save_pretrained` layout).
+        out_dir: The directory to write the shine-hf checkpoint to (`save_pretrained` layout).
         m2p_num_heads: M2P attention heads (not stored in the files). Default: the reference
             configuration's value (32 for hidden size 4096), else the backbone's head count.
-        lora_scale: Scale s of the generated LoRA (not stored in the files; reference: 0.001).
+        lora_scale: Scale s of the generated LoRA, a positive number (not stored in the files;
+            reference: 0.001).
         revision: Hub revision of `src`.
         tokenizer: The backbone's tokenizer, attached to the model before saving.
         backbone_revision: Hub revision of `backbone` when given by name (recorded in the config).
@@ -547,11 +475,16 @@ def convert_reference_checkpoint(
         `out_dir` as a Path.
 
     Raises:
+        ConfigError: `lora_scale` or `m2p_num_heads` is a value `ShineConfig` refuses.
         CheckpointError: a file is missing, unsafe (needs code execution), corrupt or not in the
-            reference layout.
-        BackboneMismatchError: a tensor's shape does not fit the backbone (names both shapes).
+            reference layout, or `out_dir` is an existing file.
+        BackboneMismatchError: a tensor's shape does not fit the backbone (names both shapes), or
+            `m2p_num_heads` does not divide its hidden size.
         UnsupportedBackboneError: the backbone lacks the seven q/k/v/o/gate/up/down projections.
     """
+    ShineConfig(lora_scale=lora_scale, m2p_num_heads=m2p_num_heads)  # the options, checked before any work
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise CheckpointError(f"{out_dir} is a file; the converted checkpoint is written as a directory.")
     report = progress or (lambda message: None)
     report(f"Locating {src}")
     directory = resolve_checkpoint_dir(src, revision)
@@ -559,31 +492,28 @@ def convert_reference_checkpoint(
     checkpoint = load_reference_checkpoint(directory)
     report("Reading backbone shapes")
     backbone_model = _load_backbone(backbone, backbone_revision)
-    targets = _reference_targets(backbone_model)
-    report("Checking tensor shapes against the backbone")
-    validate_reference_checkpoint(checkpoint, backbone_model, targets)
-    hidden = backbone_model.config.hidden_size
-    lora_rank = infer_lora_rank(targets, hidden, checkpoint.num_memory_tokens)
-    heads = m2p_num_heads if m2p_num_heads is not None else default_m2p_num_heads(backbone_model.config)
-    if heads <= 0 or hidden % heads:
+    config = backbone_model.config
+    hidden = config.hidden_size
+    num_memory_tokens, checkpoint_hidden = checkpoint.mem_tokens.shape
+    if checkpoint_hidden != hidden:  # the sizes below are inferred for the checkpoint's hidden size
+        raise _mismatch(config, [f"{MEM_TOKENS_FILE} has shape {(num_memory_tokens, checkpoint_hidden)}, "
+                                 f"the backbone needs ({num_memory_tokens}, {hidden})"])
+    sizes = checkpoint.sizes()
+    heads = m2p_num_heads if m2p_num_heads is not None else default_m2p_num_heads(config)
+    if hidden % heads:
         raise BackboneMismatchError(f"m2p_num_heads={heads} does not divide the backbone's hidden size {hidden}.")
-    report(f"Building hypernetwork (r={lora_rank}, R={checkpoint.metalora_rank}, "
-           f"{checkpoint.m2p_num_layers} M2P layers x {heads} heads)")
-    model = ShineForCausalLM.from_backbone(
-        backbone_model,
-        tokenizer=tokenizer,
-        revision=backbone_revision,
-        target_modules=list(REFERENCE_MODULES),
-        lora_rank=lora_rank,
-        metalora_rank=checkpoint.metalora_rank,
-        m2p_num_layers=checkpoint.m2p_num_layers,
-        m2p_num_heads=heads,
-        m2p_ffn_dim=checkpoint.m2p_ffn_dim,
-        lora_scale=lora_scale,
-    )
+    report(f"Building hypernetwork (r={sizes['lora_rank']}, R={sizes['metalora_rank']}, "
+           f"{sizes['m2p_num_layers']} M2P layers x {heads} heads)")
+    try:
+        model = ShineForCausalLM.from_backbone(backbone_model, tokenizer=tokenizer, revision=backbone_revision,
+                                               target_modules=list(REFERENCE_MODULES), m2p_num_heads=heads,
+                                               lora_scale=lora_scale, **sizes)
+    except ConfigError as error:  # the options were checked above: ShineConfig refuses the sizes read from the files
+        raise CheckpointError(f"{directory} does not describe a valid SHINE hypernetwork: {error}") from error
     if tokenizer is not None:
         model.tokenizer = tokenizer
-    model.hypernetwork.load_state_dict(reference_to_state_dict(checkpoint, targets), strict=True)
+    report("Loading the tensors")
+    _load_tensors(model, checkpoint, config)
     report(f"Writing {out_dir}")
     model.save_pretrained(out_dir)  # atomic: assembled in a temporary directory, then moved
     return Path(out_dir)
@@ -611,12 +541,23 @@ def export_reference_checkpoint(model: ShineForCausalLM, out_dir: str | os.PathL
             f"The reference code needs the per-layer LoRA size P = {per_layer} to be a multiple of the hidden "
             f"size {hidden} (lora_rank={model.config.lora_rank})."
         )
-    checkpoint = state_dict_to_reference(model)
+    mem_tokens, metanetwork, metalora = None, {}, {}
+    for name, tensor in model.hypernetwork.state_dict().items():
+        tensor = tensor.detach().to("cpu").clone()
+        file, path = reference_key(name, model.targets)
+        if file == MEM_TOKENS_FILE:
+            mem_tokens = nn.Parameter(tensor)
+        elif file == METANETWORK_FILE:
+            metanetwork[path[0]] = tensor
+        else:  # as the reference's init_lora_dict makes them: (1, ...) leaves, C None without a bias
+            layer, group, key, part = path
+            leaf = metalora.setdefault(layer, {}).setdefault(group, {}).setdefault(key, dict.fromkeys(_LORA_PARTS))
+            leaf[part] = tensor[None].requires_grad_(True)
     out_dir = Path(out_dir)
     with atomic_directory(out_dir) as staging:
-        torch.save(nn.Parameter(checkpoint.mem_tokens), staging / MEM_TOKENS_FILE)
-        torch.save(checkpoint.metanetwork, staging / METANETWORK_FILE)
-        torch.save(checkpoint.metalora, staging / METALORA_FILE)
+        torch.save(mem_tokens, staging / MEM_TOKENS_FILE)
+        torch.save(metanetwork, staging / METANETWORK_FILE)
+        torch.save(metalora, staging / METALORA_FILE)
         # The meta-LoRA is written whole: a stale IFT addition beside it would be merged in again.
         (out_dir / ADDITIONAL_METALORA_FILE).unlink(missing_ok=True)
     return out_dir

@@ -1,6 +1,6 @@
 """A test-local, independent reimplementation of the reference SHINE math (GitHub MuLabPKU/SHINE).
 
-Written from DESIGN.md and the reference's `LoraQwen.py`, `metanetwork_family.py` and
+Written from docs/method.md and the reference's `LoraQwen.py`, `metanetwork_family.py` and
 `utils/myloradict.py`; it never calls shine_hf. Only the *weights* of a transformers Qwen3 model
 are used: the forward pass (RMSNorm, RoPE, GQA attention, SwiGLU MLP) is redone here by hand with
 LoRA applied as y = F.linear(x, W) + (x @ A) @ B (+ C).

@@ -24,6 +24,7 @@ from torch import nn
 from shine_hf import (
     BackboneMismatchError,
     CheckpointError,
+    ConfigError,
     ShineForCausalLM,
     UnsupportedBackboneError,
 )
@@ -411,7 +412,8 @@ def test_requires_grad_tensors_and_parameter_load_with_weights_only(reference_di
 
 
 def test_released_qwen3_8b_sizes():
-    """Qwen3-8B, r = 8: P = 606,208 = 148 * 4096 (DESIGN.md), 32 M2P heads; built on the meta device."""
+    """Qwen3-8B, r = 8: P = 606,208 = 148 * 4096 (docs/method.md, "2. Memory tokens"), 32 M2P heads; built on
+    the meta device."""
     from transformers import AutoModelForCausalLM
 
     config = tiny_backbone_config("qwen3", hidden_size=4096, intermediate_size=12288, num_hidden_layers=36,
@@ -422,3 +424,79 @@ def test_released_qwen3_8b_sizes():
     assert sum(t.lora_numel(8) for t in targets) == 606_208
     assert infer_lora_rank(targets, 4096, 148) == 8
     assert default_m2p_num_heads(config) == 32
+
+
+# ---------------------------------------------------------------------------- options and layout
+@pytest.mark.parametrize("kwargs", [{"lora_scale": 0.0}, {"lora_scale": -1.0}, {"lora_scale": float("nan")},
+                                    {"lora_scale": float("inf")}, {"m2p_num_heads": 0}, {"m2p_num_heads": -4}])
+def test_impossible_options_are_refused_before_any_work(kwargs, backbone, tmp_path):
+    name = next(iter(kwargs))
+    with pytest.raises(ConfigError, match=rf"{name} must be"):
+        convert_reference_checkpoint(tmp_path / "never-read", backbone, tmp_path / "out", **kwargs)
+    assert not (tmp_path / "out").exists()
+
+
+def test_out_dir_that_is_a_file_is_refused(reference_dir, backbone, tmp_path):
+    target = tmp_path / "taken"
+    target.write_text("keep me")
+    with pytest.raises(CheckpointError, match="is a file"):
+        convert_reference_checkpoint(reference_dir, backbone, target)
+    assert target.read_text() == "keep me"
+
+
+def test_missing_and_unsupported_tensors_are_named_per_file(reference_objects, backbone, tmp_path):
+    objects = dict(reference_objects)
+    objects["metanetwork"] = {k: v for k, v in reference_objects["metanetwork"].items()
+                              if k != "transformer_layers.1.norm2.bias"}
+    metalora = {layer: {group: dict(modules) for group, modules in groups.items()}
+                for layer, groups in reference_objects["metalora"].items()}
+    metalora[0]["attention"]["q"] = {**metalora[0]["attention"]["q"], "D": torch.zeros(1)}
+    objects["metalora"] = metalora
+    del objects["ift_additional_metalora"]
+    source = save_reference_checkpoint(objects, tmp_path / "ref")
+    with pytest.raises(CheckpointError) as error:
+        convert_reference_checkpoint(source, backbone, tmp_path / "out")
+    assert str(error.value) == (
+        "metanetwork.pth is not in the reference layout: missing transformer_layers.1.norm2.bias. "
+        "metalora.pth is not in the reference layout: unsupported [0]['attention']['q']['D']."
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_lora_tensors_without_the_batch_axis_are_refused(reference_objects, tmp_path):
+    objects = dict(reference_objects)
+    metalora = {layer: {group: dict(modules) for group, modules in groups.items()}
+                for layer, groups in reference_objects["metalora"].items()}
+    metalora[1]["mlp"]["down"] = {**metalora[1]["mlp"]["down"], "A": metalora[1]["mlp"]["down"]["A"][0]}
+    objects["metalora"] = metalora
+    del objects["ift_additional_metalora"]
+    source = save_reference_checkpoint(objects, tmp_path / "ref")
+    with pytest.raises(CheckpointError, match=r"metalora\.pth\[1\]\['mlp'\]\['down'\]\['A'\] has shape \(64, 3\)"):
+        load_reference_checkpoint(source)
+
+
+def test_m2p_depth_shine_config_refuses_is_a_checkpoint_error(reference_objects, backbone, tmp_path):
+    objects = dict(reference_objects)
+    objects["metanetwork"] = {k: v for k, v in reference_objects["metanetwork"].items()
+                              if not k.startswith("transformer_layers.1.")}
+    source = save_reference_checkpoint(objects, tmp_path / "ref")
+    with pytest.raises(CheckpointError, match="does not describe a valid SHINE hypernetwork: m2p_num_layers"):
+        convert_reference_checkpoint(source, backbone, tmp_path / "out")
+
+
+def test_bias_deltas_must_match_the_backbone_biases(reference_dir, tmp_path):
+    """A checkpoint for bias-free Qwen3 on Qwen2 (biased q/k/v): the missing C are named with shapes."""
+    with pytest.raises(BackboneMismatchError, match=r"\['attention'\]\['q'\]\['C'\] has shape None, the backbone "
+                                                    r"needs \(32,\)"):
+        convert_reference_checkpoint(reference_dir, tiny_backbone("qwen2", seed=0), tmp_path / "out")
+
+
+def test_non_tensor_values_are_refused(reference_objects, tmp_path):
+    objects = dict(reference_objects)
+    objects["metalora"] = {0: {"attention": {"q": {"A": [1.0, 2.0]}}}}
+    source = save_reference_checkpoint(objects, tmp_path / "ref")
+    with pytest.raises(CheckpointError, match=r"metalora\.pth\[0\]\['attention'\]\['q'\]\['A'\] holds a list"):
+        load_reference_checkpoint(source)
+    objects["metalora"] = []
+    with pytest.raises(CheckpointError, match=r"metalora\.pth holds a list; expected a non-empty dict"):
+        load_reference_checkpoint(save_reference_checkpoint(objects, tmp_path / "ref2"))

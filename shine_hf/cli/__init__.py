@@ -1,42 +1,149 @@
 """The `shine` command line (also `python -m shine_hf.cli`).
 
-One module per command (`shine_hf/cli/<command>.py`), registered on the `app` Typer application
-below. Errors raised on purpose by shine-hf (`ShineError`) are printed as one line and exit with
-code 1 (`_common.fail_cleanly`); anything else is a bug and keeps its traceback.
+Each command lives in its own module, `shine_hf/cli/<command>.py`, and has one entry in
+`COMMANDS` below: the function to call and the one-line help that `shine --help` shows. A command's
+module is imported only when that command runs (or shows its help), so `shine --help` starts
+without importing torch or transformers; command modules import heavy libraries inside the
+command function.
+
+Errors a user can fix are one line on stderr and exit code 1: `ShineError`s raised by shine-hf
+(`_common.fail_cleanly`) and command-line usage errors (`ShineGroup.main`). Anything else is a bug
+and keeps its traceback.
 """
 
 from __future__ import annotations
 
-import typer
+import importlib
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
-from .convert import convert
-from .demo import demo
+import typer
+from typer import _click as click  # the click that typer parses with (typer >= 0.29 vendors it)
+from typer.core import TyperGroup
+
+from ._common import print_error
+
+# No rich markup in help texts: "[default: 8]" in a help string is text, flags do not get a type
+# column, and long option names are never cut (click's plain layout fits 80 columns).
+MARKUP_MODE = None
+
+
+@dataclass(frozen=True)
+class CommandEntry:
+    """A `shine` subcommand: where its function lives, and its line in `shine --help`.
+
+    Attributes:
+        target: `module:function`, the module relative to `shine_hf.cli`. The function is a Typer
+            command function (its docstring is the command's full help) or a click command.
+        help: One line for the command list of `shine --help`.
+        extra: The `shine-hf[...]` extra whose packages the module needs, for the error message
+            when they are missing.
+    """
+
+    target: str
+    help: str
+    extra: str | None = None
+
+
+COMMANDS: dict[str, CommandEntry] = {
+    "convert": CommandEntry("convert:convert", "Convert a released SHINE checkpoint to the shine-hf format."),
+    "train": CommandEntry("train:train_command", "Train a SHINE hypernetwork on a frozen backbone.", extra="train"),
+    "demo": CommandEntry("demo:demo", "Try SHINE in the browser: internalize a document, ask it questions.",
+                         extra="demo"),
+}
+
+
+class CommandUnavailableError(click.ClickException):
+    """A command's module needs a package that is not installed."""
+
+
+def load_command(name: str) -> click.Command:
+    """Import the module of command `name` and build its click command.
+
+    Raises:
+        CommandUnavailableError: the module needs a package that is not installed.
+    """
+    entry = COMMANDS[name]
+    module_name, _, attribute = entry.target.partition(":")
+    try:
+        module = importlib.import_module(f".{module_name}", __name__)
+    except ModuleNotFoundError as error:
+        if (error.name or "").split(".")[0] == "shine_hf":
+            raise  # our own module is missing: a packaging bug, not a user error
+        install = f": pip install 'shine-hf[{entry.extra}]'" if entry.extra else ""
+        raise CommandUnavailableError(
+            f"'shine {name}' needs the package {error.name!r}, which is not installed{install}."
+        ) from error
+    function = getattr(module, attribute)
+    if isinstance(function, click.Command):
+        return function
+    single = typer.Typer(rich_markup_mode=MARKUP_MODE, add_completion=False, pretty_exceptions_enable=False)
+    single.command(name, short_help=entry.help)(function)
+    return typer.main.get_command(single)
+
+
+class ShineGroup(TyperGroup):
+    """The `shine` group: commands come from `COMMANDS`, imported on demand; usage errors are one line."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return load_command(cmd_name) if cmd_name in COMMANDS else None
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list from the registry's help lines, without importing any command."""
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, entry.help) for name, entry in COMMANDS.items()])
+
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as error:  # bare `shine`: the help, as a usage error
+            error.show()
+            sys.exit(error.exit_code)
+        except click.ClickException as error:
+            print_error(error.format_message() + _help_hint(error))
+            sys.exit(1)
+        except click.Abort:
+            print_error("Aborted.")
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _help_hint(error: click.ClickException) -> str:
+    ctx = getattr(error, "ctx", None)
+    if ctx is None or not ctx.help_option_names:
+        return ""
+    return f" (see '{ctx.command_path} {ctx.help_option_names[0]}')"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        typer.echo(f"shine-hf {__version__}")
+        raise typer.Exit()
+
 
 app = typer.Typer(
     name="shine",
-    help="SHINE hypernetworks for Hugging Face: read a document once, get a LoRA for a frozen LLM.",
+    cls=ShineGroup,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=MARKUP_MODE,
 )
 
 
 @app.callback()
-def main() -> None:
+def main(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print the shine-hf version and exit."),
+) -> None:
     """SHINE hypernetworks for Hugging Face: read a document once, get a LoRA for a frozen LLM."""
-
-
-app.command("convert")(convert)
-app.command("demo")(demo)
-
-
-def _register_optional_commands() -> None:
-    """Commands whose modules need the `train` extra (datasets); absent extras hide them."""
-    try:
-        from .train import train_command
-    except ImportError:  # pragma: no cover - the train extra is not installed
-        return
-    app.command("train")(train_command)
-
-
-_register_optional_commands()

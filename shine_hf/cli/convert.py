@@ -8,25 +8,35 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
-from ._common import console, fail_cleanly
+from ._common import config_value, console, fail_cleanly
 
 
 def convert(
-    src: Annotated[str, typer.Argument(help="Directory or Hub repo id of a reference SHINE checkpoint "
-                                             "(mem_tokens.pt, metanetwork.pth, metalora.pth).")],
-    out_dir: Annotated[Path, typer.Argument(help="Where to write the shine-hf checkpoint.")],
-    backbone: Annotated[str, typer.Option("--backbone", help="Hub id or local path of the backbone the "
-                                                             "checkpoint was trained for (only its config "
-                                                             "is read), e.g. Qwen/Qwen3-8B.")],
-    m2p_num_heads: Annotated[int | None, typer.Option(help="M2P attention heads (not stored in the files; "
-                                                           "default: 32 for hidden size 4096, else the "
-                                                           "backbone's head count).")] = None,
-    lora_scale: Annotated[float, typer.Option(help="Scale s of the generated LoRA (not stored in the "
-                                                   "files; reference: 0.001).")] = 0.001,
-    revision: Annotated[str | None, typer.Option(help="Hub revision of SRC.")] = None,
-    backbone_revision: Annotated[str | None, typer.Option(help="Hub revision of the backbone.")] = None,
+    src: Annotated[str, typer.Argument(
+        metavar="SRC",
+        help="Directory or Hub repo id of a reference SHINE checkpoint (mem_tokens.pt, metanetwork.pth, "
+             "metalora.pth).")],
+    out_dir: Annotated[Path, typer.Argument(
+        metavar="OUT_DIR", file_okay=False, help="Where to write the shine-hf checkpoint (a directory).")],
+    backbone: Annotated[str, typer.Option(
+        "--backbone", metavar="NAME",
+        help="Hub id or local path of the backbone the checkpoint was trained for (only its config is read), "
+             "e.g. Qwen/Qwen3-8B.")],
+    m2p_num_heads: Annotated[int | None, typer.Option(
+        callback=config_value("m2p_num_heads"), metavar="N",
+        help="M2P attention heads (not stored in the files; default: 32 for hidden size 4096, else the "
+             "backbone's head count).")] = None,
+    lora_scale: Annotated[float, typer.Option(
+        callback=config_value("lora_scale"), metavar="S",
+        help="Scale s of the generated LoRA (not stored in the files; reference: 0.001).")] = 0.001,
+    revision: Annotated[str | None, typer.Option(metavar="REV", help="Hub revision of SRC.")] = None,
+    backbone_revision: Annotated[str | None, typer.Option(metavar="REV", help="Hub revision of the backbone.")] = None,
 ) -> None:
-    """Convert a released SHINE checkpoint (e.g. Yewei-Liu/SHINE-ift_mqa) to the shine-hf format."""
+    """Convert a released SHINE checkpoint (e.g. Yewei-Liu/SHINE-ift_mqa) to the shine-hf format.
+
+    The reference pickles are read with torch.load(weights_only=True) only; the output is a
+    safetensors checkpoint for ShineForCausalLM.from_pretrained.
+    """
     from ..convert import convert_reference_checkpoint
 
     with fail_cleanly(), console.status(Text(f"Converting {src}")) as status:
