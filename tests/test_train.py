@@ -309,9 +309,9 @@ def test_keyword_fields_build_the_same_dataclasses(tmp_path):
 
 
 def _command_options() -> dict[str, object]:
-    import typer
+    from shine_hf.cli import load_command
 
-    command = typer.main.get_command(app).commands["train"]
+    command = load_command("train")  # the lazy registry builds the command on demand
     return {name: param for param in command.params for name in param.opts}
 
 

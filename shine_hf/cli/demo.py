@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated
 
 import typer
@@ -12,7 +12,7 @@ from ..modeling import ShineError
 from ._common import console, fail_cleanly
 
 
-class DtypeChoice(str, Enum):
+class DtypeChoice(StrEnum):
     """Backbone dtype for the command line."""
 
     auto = "auto"
