@@ -10,6 +10,7 @@ from __future__ import annotations
 import typer
 
 from .convert import convert
+from .eval import eval_command
 
 app = typer.Typer(
     name="shine",
@@ -26,6 +27,7 @@ def main() -> None:
 
 
 app.command("convert")(convert)
+app.command("eval")(eval_command)
 
 
 def _register_optional_commands() -> None:

@@ -1,0 +1,81 @@
+"""The summary of an evaluation as a rich table and a PNG bar chart (F1, seconds per question)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from .results import write_atomic
+
+__all__ = ["CONDITION_LABELS", "plot_summary", "summary_table"]
+
+CONDITION_LABELS = {"shine": "SHINE", "in_context": "in-context", "question_only": "question only", "sft": "SFT"}
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.3g}" if value >= 1e-3 else f"{value:.2e}"
+
+
+def summary_table(summary: Mapping[str, Mapping[str, Any]], title: str | None = None):
+    """A ``rich.table.Table`` with one row per condition."""
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for header in ("condition", "n", "docs", "F1", "EM", "s/doc (prepare)", "s/question (answer)",
+                   "s/question (total)", "tokens/question", "peak MB"):
+        table.add_column(header, justify="left" if header == "condition" else "right")
+    for condition, s in summary.items():
+        prepare = s["prepare_seconds_per_document"]
+        step = f" ({s['prepare_step']})" if s.get("prepare_step") else ""
+        table.add_row(CONDITION_LABELS.get(condition, condition), str(s["n"]), str(s["documents"]),
+                      f"{s['f1']:.3f}", f"{s['em']:.3f}", _seconds(prepare) + (step if prepare is not None else ""),
+                      _seconds(s["answer_seconds_per_question"]), _seconds(s["seconds_per_question"]),
+                      f"{s['tokens_per_question']:.1f}", f"{s['peak_memory_mb']:.1f}")
+    return table
+
+
+def plot_summary(summary: Mapping[str, Mapping[str, Any]], path: Path, title: str | None = None) -> None:
+    """Write a PNG: F1 / EM per condition (left) and seconds per question (right, log scale:
+    answering alone, and with the per-document step divided over the questions)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    conditions = list(summary)
+    labels = [CONDITION_LABELS.get(c, c) for c in conditions]
+    x = range(len(conditions))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    width = 0.38
+    for offset, key, name, color in ((-width / 2, "f1", "F1", "#3b6ea8"), (width / 2, "em", "exact match", "#9cc0e6")):
+        values = [summary[c][key] for c in conditions]
+        bars = left.bar([i + offset for i in x], values, width, label=name, color=color)
+        left.bar_label(bars, labels=[f"{v:.2f}" for v in values], fontsize=8, padding=2)
+    left.set_ylim(0, 1.15)
+    left.set_ylabel("score (SQuAD v1.1 normalisation)")
+    left.set_title("Answer quality")
+    left.legend(loc="upper right", fontsize=8)
+    series = (("answer_seconds_per_question", "answering", "#c9793a"),
+              ("seconds_per_question", "+ internalize / fine-tune per question", "#7a3f12"))
+    for offset, (key, name, color) in zip((-width / 2, width / 2), series):
+        values = [summary[c][key] for c in conditions]
+        bars = right.bar([i + offset for i in x], values, width, label=name, color=color)
+        right.bar_label(bars, labels=[_seconds(v) for v in values], fontsize=8, padding=2)
+    right.set_yscale("log")
+    right.margins(y=0.25)
+    right.set_ylabel("seconds per question (log scale)")
+    right.set_title("Cost")
+    right.legend(loc="upper left", fontsize=8)
+    for axis in (left, right):
+        axis.set_xticks(list(x), labels)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    write_atomic(Path(path), buffer.getvalue())
