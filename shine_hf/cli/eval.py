@@ -56,20 +56,27 @@ def eval_command(
                                                              "float32).")] = None,
     device: Annotated[str | None, typer.Option("--device", help="Device to load the model on (cpu, cuda, "
                                                                "cuda:1).")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads for torch (default: torch's "
+                                                                 "choice).")] = None,
 ) -> None:
     """Score SHINE against in-context, question-only and SFT baselines: F1/EM, time, memory, tokens."""
+    import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ..evaluation import SftConfig, run_eval
     from ..evaluation.report import CONDITION_LABELS, summary_table
+    from ..modeling.errors import InvalidInputError
     from ..modeling.prompting import IN_CONTEXT_TEMPLATE
 
-    if dtype not in (None, "bfloat16", "float16", "float32"):
-        error_console.print(Text("Error: ", style="bold red") + Text(f"unknown dtype {dtype!r}."))
-        raise typer.Exit(code=1)
     tasks: dict[str, int] = {}
     with fail_cleanly(), Progress(TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
                                   TimeElapsedColumn(), console=error_console, transient=False) as bar:
+        if dtype not in (None, "bfloat16", "float16", "float32"):
+            raise InvalidInputError(f"Unknown dtype {dtype!r}: use bfloat16, float16 or float32.")
+        if threads is not None:
+            if threads < 1:
+                raise InvalidInputError(f"--threads must be at least 1, not {threads}.")
+            torch.set_num_threads(threads)
 
         def progress(condition: str, done: int, total: int) -> None:
             if condition not in tasks:

@@ -21,20 +21,24 @@ def _seconds(value: float | None) -> str:
 
 
 def summary_table(summary: Mapping[str, Mapping[str, Any]], title: str | None = None):
-    """A ``rich.table.Table`` with one row per condition."""
+    """A ``rich.table.Table`` with one row per condition (fits 80 columns)."""
+    from rich import box
     from rich.table import Table
 
-    table = Table(title=title, title_justify="left")
-    for header in ("condition", "n", "docs", "F1", "EM", "s/doc (prepare)", "s/question (answer)",
-                   "s/question (total)", "tokens/question", "peak MB"):
-        table.add_column(header, justify="left" if header == "condition" else "right")
+    steps = ", ".join(f"{CONDITION_LABELS.get(c, c)} {s['prepare_step']}" for c, s in summary.items()
+                      if s.get("prepare_step"))
+    caption = (f"prep: the per-document step ({steps}); total: answering plus prep divided over the questions; "
+               f"peak: memory above the loaded model (MiB)") if steps else None
+    table = Table(title=title, title_justify="left", caption=caption, caption_justify="left", box=box.SIMPLE_HEAD,
+                  pad_edge=False)
+    table.add_column("condition", no_wrap=True)
+    for header in ("n", "F1", "EM", "prep s/doc", "answer s/q", "total s/q", "tok/q", "peak"):
+        table.add_column(header, justify="right")
     for condition, s in summary.items():
-        prepare = s["prepare_seconds_per_document"]
-        step = f" ({s['prepare_step']})" if s.get("prepare_step") else ""
-        table.add_row(CONDITION_LABELS.get(condition, condition), str(s["n"]), str(s["documents"]),
-                      f"{s['f1']:.3f}", f"{s['em']:.3f}", _seconds(prepare) + (step if prepare is not None else ""),
-                      _seconds(s["answer_seconds_per_question"]), _seconds(s["seconds_per_question"]),
-                      f"{s['tokens_per_question']:.1f}", f"{s['peak_memory_mb']:.1f}")
+        table.add_row(CONDITION_LABELS.get(condition, condition), str(s["n"]), f"{s['f1']:.3f}", f"{s['em']:.3f}",
+                      _seconds(s["prepare_seconds_per_document"]), _seconds(s["answer_seconds_per_question"]),
+                      _seconds(s["seconds_per_question"]), f"{s['tokens_per_question']:.1f}",
+                      f"{s['peak_memory_mb']:.1f}")
     return table
 
 
