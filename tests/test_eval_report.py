@@ -26,7 +26,7 @@ def test_the_table_has_one_row_per_condition():
         assert label in text
     assert "SHINE internalize" in text  # the caption names each per-document step
     rows = {line.split()[0]: line.split() for line in text.splitlines() if line.strip()}
-    assert rows["SHINE"][1:] == ["6", "0.980", "0.490", "0.02", "0.01", "0.0133", "40.0", "12.5"]
+    assert rows["SHINE"][1:] == ["6", "0.980", "0.490", "20.0", "10.0", "13.3", "40.0", "12.5"]
     assert rows["in-context"][4] == "—"  # no per-document step
 
 

@@ -6,10 +6,12 @@
   bytes — what the step needed on top of the loaded model.
   - CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``, minus
     ``memory_allocated`` at the start (tensors only; the caching allocator's reserve is not counted).
-  - CPU on Linux: the process's resident set (RSS). Writing ``5`` to ``/proc/self/clear_refs``
-    resets the kernel's high-water mark (``VmHWM``); the peak is ``VmHWM`` at the end minus
-    ``VmRSS`` at the start. It counts every allocation of the process (Python objects, the
-    allocator's caches), so small steps read a few MB of noise.
+  - CPU on Linux: the process's resident set (RSS). At the start, garbage is collected and the C
+    allocator's free pages are handed back to the system (glibc ``malloc_trim``), so the RSS is
+    the memory in use rather than what earlier steps freed and the allocator kept; then writing
+    ``5`` to ``/proc/self/clear_refs`` resets the kernel's high-water mark (``VmHWM``). The peak is
+    ``VmHWM`` at the end minus ``VmRSS`` at the start. It counts every allocation of the process
+    (Python objects, the allocator's own overhead), so small steps read a few MB of noise.
   - CPU elsewhere: ``resource.getrusage`` ``ru_maxrss`` (a lifetime high-water mark that cannot be
     reset): the increase of the lifetime peak, which is 0 when the step stayed below an earlier peak.
 """
@@ -17,6 +19,9 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import gc
 import resource
 import sys
 import time
@@ -50,6 +55,16 @@ def _reset_rss_peak() -> bool:
     return _status_kib("VmHWM") is not None
 
 
+def _release_free_memory() -> None:
+    """Collect garbage and hand the C allocator's free pages back to the system (glibc only)."""
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):  # not glibc: the RSS keeps the allocator's free pages
+        pass
+
+
 def _lifetime_peak_bytes() -> int:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
@@ -68,6 +83,7 @@ class MemoryMeter:
             torch.cuda.reset_peak_memory_stats(self.device)
             self._start = torch.cuda.memory_allocated(self.device)
         elif self.method == "rss":
+            _release_free_memory()
             _reset_rss_peak()
             self._start = (_status_kib("VmRSS") or 0) * 1024
         else:

@@ -324,5 +324,7 @@ def run_eval(
     if chart is not None:
         from .report import plot_summary
 
-        plot_summary(content["summary"], Path(chart))
+        model_name = Path(str(settings["model"] or type(model).__name__)).name
+        plot_summary(content["summary"], Path(chart), title=f"{model_name} on {Path(data.source).name}: "
+                     f"{len(rows)} questions about {len(documents)} documents")
     return content
