@@ -6,9 +6,9 @@
   bytes — what the step needed on top of the loaded model.
   - CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats``, minus
     ``memory_allocated`` at the start (tensors only; the caching allocator's reserve is not counted).
-  - CPU on Linux: the process's resident set (RSS). At the start, garbage is collected and the C
-    allocator's free pages are handed back to the system (glibc ``malloc_trim``), so the RSS is
-    the memory in use rather than what earlier steps freed and the allocator kept; then writing
+  - CPU on Linux: the process's resident set (RSS). At the start, the C allocator's free pages
+    are handed back to the system (glibc ``malloc_trim``), so the RSS is the memory in use rather
+    than what earlier steps freed and the allocator kept; then writing
     ``5`` to ``/proc/self/clear_refs`` resets the kernel's high-water mark (``VmHWM``). The peak is
     ``VmHWM`` at the end minus ``VmRSS`` at the start. It counts every allocation of the process
     (Python objects, the allocator's own overhead), so small steps read a few MB of noise.
@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
-import gc
 import resource
 import sys
 import time
@@ -56,8 +55,8 @@ def _reset_rss_peak() -> bool:
 
 
 def _release_free_memory() -> None:
-    """Collect garbage and hand the C allocator's free pages back to the system (glibc only)."""
-    gc.collect()
+    """Hand the C allocator's free pages back to the system (glibc only; torch frees tensors by
+    reference counting, so no garbage collection is needed first)."""
     name = ctypes.util.find_library("c")
     try:
         ctypes.CDLL(name).malloc_trim(0)
