@@ -34,10 +34,11 @@ def test_tricky_strings_score_as_computed_by_hand(prediction, gold, f1, em):
 
 def test_the_evaluate_module_loads_offline_and_agrees_with_the_builtin_scorer(monkeypatch, tmp_path):
     evaluate = pytest.importorskip("evaluate")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_EVALUATE_OFFLINE", "1")
-    monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "modules"))
+    # evaluate reads these environment variables at import time: set its config directly
+    monkeypatch.setattr(evaluate.config, "HF_EVALUATE_OFFLINE", True)
+    monkeypatch.setattr(evaluate.config, "HF_MODULES_CACHE", tmp_path / "modules")
     metric = evaluate.load(str(METRIC_PATH))
+    assert list((tmp_path / "modules").rglob("shine_qa.py"))  # the module was loaded from our folder
     predictions = [p for p, _, _, _ in TRICKY]
     references = [g for _, g, _, _ in TRICKY]
     expected = score_answers(predictions, references)
