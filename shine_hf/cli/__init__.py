@@ -50,6 +50,8 @@ class CommandEntry:
 COMMANDS: dict[str, CommandEntry] = {
     "convert": CommandEntry("convert:convert", "Convert a released SHINE checkpoint to the shine-hf format."),
     "train": CommandEntry("train:train_command", "Train a SHINE hypernetwork on a frozen backbone.", extra="train"),
+    "eval": CommandEntry("eval:eval_command", "Score SHINE against in-context, question-only and SFT baselines.",
+                         extra="eval"),
     "demo": CommandEntry("demo:demo", "Try SHINE in the browser: internalize a document, ask it questions.",
                          extra="demo"),
 }

@@ -6,9 +6,9 @@
   the baseline system prompt (``model.config.system_prompt``) — the upper bound;
 - ``"question_only"``: the question with the baseline system prompt and no document — the floor.
 
-Answers are decoded greedily. Scores follow the SQuAD evaluation script: lower-case, drop
-punctuation and the articles a/an/the, collapse whitespace; F1 over the bag of tokens, best over
-the references.
+Answers are decoded greedily and scored by ``shine_hf.evaluation.metrics`` (SQuAD v1.1 F1 / EM).
+``shine_hf.evaluation.run_eval`` (``shine eval``) is the full evaluation: it adds the SFT baseline
+and cost figures, internalizes each document once, and writes resumable results.
 
     from shine_hf.evaluation import evaluate_qa
     scores = evaluate_qa(model, dataset["test"])   # {"shine": {"f1": ..., "em": ..., "n": ...}, ...}
@@ -16,96 +16,16 @@ the references.
 
 from __future__ import annotations
 
-import re
-import string
-from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import torch
+from ..modeling.prompting import IN_CONTEXT_TEMPLATE, in_context_question, question_prompt
+from .generation import generate_batch
+from .metrics import score_answers
 
-from .modeling import pad_token_ids
-from .modeling.prompting import IN_CONTEXT_TEMPLATE, in_context_question, question_prompt
-
-__all__ = [
-    "MODES",
-    "evaluate_backbone",
-    "evaluate_qa",
-    "exact_match",
-    "f1_by_question_type",
-    "f1_score",
-    "generate_answers",
-    "normalize_answer",
-    "qa_pairs",
-    "score_answers",
-    "with_other_contexts",
-]
+__all__ = ["MODES", "evaluate_backbone", "evaluate_qa", "generate_answers", "qa_pairs", "with_other_contexts"]
 
 MODES = ("shine", "in_context", "question_only")
-
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCTUATION = set(string.punctuation)
-
-
-def normalize_answer(text: str) -> str:
-    """SQuAD normalisation: lower-case, no punctuation, no articles, single spaces."""
-    text = text.lower()
-    text = "".join(ch for ch in text if ch not in _PUNCTUATION)
-    text = _ARTICLES.sub(" ", text)
-    return " ".join(text.split())
-
-
-def _references(reference: str | Sequence[str]) -> list[str]:
-    refs = [reference] if isinstance(reference, str) else list(reference)
-    if not refs:
-        raise ValueError("An answer needs at least one reference.")
-    return refs
-
-
-def _f1(prediction: str, reference: str) -> float:
-    pred, ref = normalize_answer(prediction).split(), normalize_answer(reference).split()
-    if not pred or not ref:
-        return float(pred == ref)
-    common = sum((Counter(pred) & Counter(ref)).values())
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(pred), common / len(ref)
-    return 2 * precision * recall / (precision + recall)
-
-
-def f1_score(prediction: str, reference: str | Sequence[str]) -> float:
-    """Token-level F1 of the normalised answer, best over the reference(s)."""
-    return max(_f1(prediction, r) for r in _references(reference))
-
-
-def exact_match(prediction: str, reference: str | Sequence[str]) -> float:
-    """1.0 when the normalised answer equals a normalised reference, else 0.0."""
-    return float(any(normalize_answer(prediction) == normalize_answer(r) for r in _references(reference)))
-
-
-def score_answers(predictions: Sequence[str], references: Sequence[str | Sequence[str]]) -> dict[str, float]:
-    """Mean F1 and exact match over paired predictions and references."""
-    if len(predictions) != len(references):
-        raise ValueError(f"{len(predictions)} predictions for {len(references)} references.")
-    n = len(predictions)
-    if n == 0:
-        return {"f1": 0.0, "em": 0.0, "n": 0}
-    f1 = sum(f1_score(p, r) for p, r in zip(predictions, references)) / n
-    em = sum(exact_match(p, r) for p, r in zip(predictions, references)) / n
-    return {"f1": f1, "em": em, "n": n}
-
-
-def f1_by_question_type(
-    predictions: Iterable[tuple[str, Any, str]], question_type: Callable[[str], str | None]
-) -> dict[str, float]:
-    """Mean F1 per question type of ``(question, reference, prediction)`` rows (what
-    ``evaluate_qa(..., return_predictions=True)`` returns), sorted by type; questions whose type
-    is None count as ``"other"``. E.g. ``question_type=shine_hf.testing.facts.fact_attribute``."""
-    scores: dict[str, list[float]] = {}
-    for question, reference, prediction in predictions:
-        scores.setdefault(question_type(question) or "other", []).append(f1_score(prediction, reference))
-    return {kind: sum(values) / len(values) for kind, values in sorted(scores.items())}
-
 
 def with_other_contexts(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """The same records, each with the NEXT record's context (the last takes the first's): a
@@ -135,19 +55,6 @@ def qa_pairs(records: Iterable[Mapping[str, Any]], limit: int | None = None) -> 
 def _user_turn(question: str, context: str | None, template: str) -> str:
     # Same layout as ShineForCausalLM.generate_text(context=..., context_template=...).
     return question if context is None else in_context_question(context, question, template)
-
-
-@torch.no_grad()
-def _generate_plain(model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int) -> list[str]:
-    ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    input_ids, mask = pad_token_ids(ids, pad_id=pad_id or 0, side="left")
-    width = input_ids.shape[1]
-    device = model.get_input_embeddings().weight.device
-    output = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device), do_sample=False,
-                            max_new_tokens=max_new_tokens, pad_token_id=pad_id,
-                            eos_token_id=tokenizer.eos_token_id)
-    return [t.strip() for t in tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)]
 
 
 def generate_answers(
@@ -199,7 +106,8 @@ def generate_answers(
                                 system_prompt)
                 for i, q in enumerate(batch_q)
             ]
-            out = _generate_plain(model, tok, prompts, max_new_tokens)
+            out = generate_batch(model, tok, prompts, max_new_tokens=max_new_tokens,
+                                 eos_token_id=tok.eos_token_id).texts
         answers += list(out)
     return answers
 
@@ -237,7 +145,7 @@ def evaluate_qa(
     if unknown:
         raise ValueError(f"Unknown mode(s) {unknown}; choose from {MODES}.")
     if system_prompt is None:
-        from .modeling.configuration_shine import DEFAULT_SYSTEM_PROMPT
+        from ..modeling.configuration_shine import DEFAULT_SYSTEM_PROMPT
 
         system_prompt = getattr(getattr(model, "config", None), "system_prompt", None) or DEFAULT_SYSTEM_PROMPT
     triples = qa_pairs(records, limit)

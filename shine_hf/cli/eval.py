@@ -1,0 +1,100 @@
+"""`shine eval`: SHINE against in-context, question-only and fine-tuning baselines, with costs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.text import Text
+
+from ._common import console, error_console, fail_cleanly
+
+
+def _unescape(template: str) -> str:
+    r"""Let a shell argument spell newlines and tabs as \n and \t."""
+    return template.replace("\\n", "\n").replace("\\t", "\t")
+
+
+def eval_command(
+    model: Annotated[str, typer.Option("--model", help="SHINE checkpoint: local directory or Hub repo id.")],
+    data: Annotated[str, typer.Option("--data", help="QA data: a .jsonl/.json file (context, question, answers), "
+                                                    "a .parquet/.csv file, a saved dataset directory, or a Hub "
+                                                    "dataset id (SQuAD, HotpotQA, MS MARCO, MuSiQue layouts).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Results JSON (per-example predictions + "
+                                                               "summary); rerun the same command to resume "
+                                                               "it.")] = Path("results.json"),
+    conditions: Annotated[str, typer.Option("--conditions", help="Comma-separated, run in this order: shine, "
+                                                                "in_context, question_only, sft.")]
+    = "shine,in_context,question_only,sft",
+    split: Annotated[str, typer.Option("--split", help="Split of a Hub or saved dataset.")] = "test",
+    data_config: Annotated[str | None, typer.Option("--data-config", help="Hub dataset configuration (e.g. "
+                                                                         "distractor for HotpotQA, v1.1 for MS "
+                                                                         "MARCO).")] = None,
+    layout: Annotated[str, typer.Option("--layout", help="Data layout: auto, records, squad, hotpotqa, msmarco, "
+                                                        "musique.")] = "auto",
+    limit: Annotated[int | None, typer.Option("--limit", help="Evaluate the first N examples (questions).")]
+    = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Questions per generation batch; documents "
+                                                                "per internalize call.")] = 8,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Answer length budget.")] = 32,
+    system_prompt: Annotated[str | None, typer.Option("--system-prompt", help="Baselines' system prompt "
+                                                                             "(default: the checkpoint's).")]
+    = None,
+    context_template: Annotated[str | None, typer.Option("--context-template", help="In-context user turn with "
+                                                                                   "{context} and {question} "
+                                                                                   "(\\n for a newline; default: "
+                                                                                   "the reference's).")] = None,
+    sft_steps: Annotated[int, typer.Option("--sft-steps", help="SFT baseline: training steps per document.")] = 30,
+    sft_lr: Annotated[float, typer.Option("--sft-lr", help="SFT baseline: learning rate.")] = 1e-3,
+    chart: Annotated[Path | None, typer.Option("--chart", help="PNG bar chart (default: the output path with "
+                                                               ".png).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the SFT LoRA initialisation.")] = 0,
+    backbone: Annotated[str | None, typer.Option("--backbone", help="Load this backbone instead of the one the "
+                                                                   "checkpoint names.")] = None,
+    dtype: Annotated[str | None, typer.Option("--dtype", help="Backbone dtype (bfloat16, float16, "
+                                                             "float32).")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="Device to load the model on (cpu, cuda, "
+                                                               "cuda:1).")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="CPU threads for torch (default: torch's "
+                                                                 "choice).")] = None,
+) -> None:
+    """Score SHINE against in-context, question-only and SFT baselines: F1/EM, time, memory, tokens."""
+    import torch
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ..evaluation import SftConfig, run_eval
+    from ..evaluation.report import CONDITION_LABELS, summary_table
+    from ..modeling.errors import InvalidInputError
+    from ..modeling.prompting import IN_CONTEXT_TEMPLATE
+
+    tasks: dict[str, int] = {}
+    with fail_cleanly(), Progress(TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
+                                  TimeElapsedColumn(), console=error_console, transient=False) as bar:
+        if dtype not in (None, "bfloat16", "float16", "float32"):
+            raise InvalidInputError(f"Unknown dtype {dtype!r}: use bfloat16, float16 or float32.")
+        if threads is not None:
+            if threads < 1:
+                raise InvalidInputError(f"--threads must be at least 1, not {threads}.")
+            torch.set_num_threads(threads)
+
+        def progress(condition: str, done: int, total: int) -> None:
+            if condition not in tasks:
+                tasks[condition] = bar.add_task(CONDITION_LABELS.get(condition, condition), total=total)
+                if done:
+                    bar.console.print(f"{condition}: {done} of {total} examples already in {output}, skipped.")
+            bar.update(tasks[condition], completed=done)
+
+        results = run_eval(
+            model, data, split=split, data_config=data_config, layout=layout, conditions=conditions, limit=limit,
+            batch_size=batch_size, output=output, chart=chart or output.with_suffix(".png"),
+            max_new_tokens=max_new_tokens, system_prompt=system_prompt,
+            context_template=IN_CONTEXT_TEMPLATE if context_template is None else _unescape(context_template),
+            sft=SftConfig(steps=sft_steps, learning_rate=sft_lr), seed=seed, backbone=backbone, dtype=dtype,
+            device=device, progress=progress,
+        )
+    data_block = results["data"]
+    console.print(summary_table(results["summary"], title=f"{data_block['source']}: {data_block['examples']} "
+                                                          f"questions about {data_block['documents']} documents"))
+    console.print(Text("✓ ", style="bold green")
+                  + Text(f"Results → {output}; chart → {chart or output.with_suffix('.png')}"))
