@@ -218,9 +218,10 @@ def _describe(value: Any) -> str:
 
 def default_batch_tokens(device: torch.device) -> int:
     """Tokens per reading pass of `internalize` when the model does not set `internalize_batch_tokens`:
-    small on CPUs, where a longer pass no longer fits the caches and reads fewer tokens per second
-    (benchmarks/RESULTS.md), large on accelerators, where batching is where throughput comes from."""
-    return 4096 if device.type == "cpu" else 65536
+    on CPUs a pass of ~2K tokens already keeps the cores busy and longer ones read no faster (short
+    documents still share a pass; benchmarks/RESULTS.md), on accelerators batching is where the
+    throughput comes from, so passes are long."""
+    return 2048 if device.type == "cpu" else 65536
 
 
 def length_buckets(lengths: Sequence[int], budget: int, overhead: int = 0) -> list[list[int]]:
