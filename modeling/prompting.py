@@ -11,7 +11,7 @@ reference code renders the prompt without it, so we strip it to reproduce the re
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -69,6 +69,42 @@ def generation_pad_id(tokenizer: Any) -> int:
     return 0
 
 
+class GeneratedText(NamedTuple):
+    """New text for a batch of prompts: `texts` (decoded, special tokens skipped, stripped), the
+    prompts' token ids, and the generated token ids (B, new tokens; padded after an early stop)."""
+
+    texts: list[str]
+    prompt_ids: list[list[int]]
+    new_tokens: torch.Tensor
+
+
+@torch.no_grad()
+def generate_from_prompts(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int,
+    adapter: Any = None,
+    **generate_kwargs: Any,
+) -> GeneratedText:
+    """Greedy answers to rendered prompts, left-padded into one batch (no special tokens added: the
+    chat template has them). `model` is a `ShineForCausalLM` (`adapter` applies) or any causal LM."""
+    ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    pad_id = generation_pad_id(tokenizer)
+    input_ids, attention_mask = pad_token_ids(ids, pad_id=pad_id, side="left")
+    device = model.get_input_embeddings().weight.device
+    generate_kwargs.setdefault("do_sample", False)
+    generate_kwargs.setdefault("pad_token_id", pad_id)
+    if adapter is not None:
+        generate_kwargs["adapter"] = adapter
+    output = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                            max_new_tokens=max_new_tokens, **generate_kwargs)
+    new_tokens = output[:, input_ids.shape[1]:].cpu()
+    texts = [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+    return GeneratedText(texts, ids, new_tokens)
+
+
 class TextGenerationMixin:
     """`generate_text`: questions as text in, answers as text out (for `ShineForCausalLM`)."""
 
@@ -105,20 +141,6 @@ class TextGenerationMixin:
         if adapter is not None and adapter_index is not None:
             adapter = type(adapter).stack([adapter[int(i)] for i in adapter_index])
         prompts = [question_prompt(tokenizer, q, system_prompt) for q in questions]
-        ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-        pad_id = generation_pad_id(tokenizer)
-        input_ids, attention_mask = pad_token_ids(ids, pad_id=pad_id, side="left")
-        device = self.backbone.get_input_embeddings().weight.device
-        generate_kwargs.setdefault("do_sample", False)
-        generate_kwargs.setdefault("pad_token_id", pad_id)
-        with torch.no_grad():
-            output = self.generate(
-                input_ids=input_ids.to(device),
-                attention_mask=attention_mask.to(device),
-                adapter=adapter,
-                max_new_tokens=max_new_tokens,
-                **generate_kwargs,
-            )
-        texts = tokenizer.batch_decode(output[:, input_ids.shape[1]:], skip_special_tokens=True)
-        texts = [t.strip() for t in texts]
+        texts = generate_from_prompts(self, tokenizer, prompts, max_new_tokens=max_new_tokens, adapter=adapter,
+                                      **generate_kwargs).texts
         return texts[0] if isinstance(question, str) else texts

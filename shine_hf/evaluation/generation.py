@@ -2,8 +2,8 @@
 
 `ShineForCausalLM.generate_text` renders and answers in one call but returns only text; the
 evaluation also needs, per question, how many prompt tokens the backbone read and how many tokens
-it generated. `generate_batch` takes prompts already rendered by `shine_hf.modeling.prompting`
-(the same functions `generate_text` uses), so its answers are `generate_text`'s answers.
+it generated. `generate_batch` takes prompts already rendered by `shine_hf.modeling.prompting` and
+answers them with the same `generate_from_prompts` that `generate_text` uses.
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ from typing import Any
 
 import torch
 
-from ..modeling.inputs import pad_token_ids
-from ..modeling.prompting import generation_pad_id
+from ..modeling.prompting import generate_from_prompts
 
 __all__ = ["GeneratedAnswers", "generate_batch"]
 
@@ -73,16 +72,9 @@ def generate_batch(
         adapter: A ``ShineAdapter`` with one adapter, or one per prompt (SHINE models only).
         eos_token_id: Stop token overriding the model's generation config.
     """
-    ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    pad_id = generation_pad_id(tokenizer)
-    input_ids, attention_mask = pad_token_ids(ids, pad_id=pad_id, side="left")
-    device = model.get_input_embeddings().weight.device
-    extra: dict[str, Any] = {} if adapter is None else {"adapter": adapter}
-    if eos_token_id is not None:
-        extra["eos_token_id"] = eos_token_id
-    output = model.generate(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                            do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad_id, **extra)
-    new_tokens = output[:, input_ids.shape[1]:].cpu()
-    texts = [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+    extra: dict[str, Any] = {} if eos_token_id is None else {"eos_token_id": eos_token_id}
+    output = generate_from_prompts(model, tokenizer, prompts, max_new_tokens=max_new_tokens, adapter=adapter,
+                                   **extra)
     eos_ids = {eos_token_id} if eos_token_id is not None else _eos_ids(model, tokenizer)
-    return GeneratedAnswers(texts, [len(i) for i in ids], _generated_lengths(new_tokens, eos_ids))
+    return GeneratedAnswers(output.texts, [len(i) for i in output.prompt_ids],
+                            _generated_lengths(output.new_tokens, eos_ids))
