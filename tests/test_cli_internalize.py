@@ -43,7 +43,8 @@ def test_one_adapter_per_document_answers_its_questions(tmp_path):
     for index, record in enumerate(records):
         assert f"{documents[index]} → {out / f'doc{index}'} (" in result.stdout
         directory = out / f"doc{index}"
-        assert {"adapter_config.json", "adapter_model.safetensors", "README.md"} <= {p.name for p in directory.iterdir()}
+        files = {path.name for path in directory.iterdir()}
+        assert {"adapter_config.json", "adapter_model.safetensors", "README.md"} <= files
         config = json.loads((directory / "adapter_config.json").read_text())
         assert config["peft_type"] == "LORA" and config["r"] == model.config.lora_rank
         adapter = ShineAdapter.from_pretrained(directory)
