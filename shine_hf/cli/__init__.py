@@ -137,7 +137,7 @@ class ShineGroup(TyperGroup):
         except click.ClickException as error:
             print_error(error.format_message() + _help_hint(error))
             sys.exit(1)
-        except click.Abort:
+        except typer.Abort:  # typer's own (a RuntimeError): the vendored click has no Abort
             print_error("Aborted.")
             sys.exit(1)
         sys.exit(code if isinstance(code, int) else 0)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -45,22 +48,35 @@ def push_command(
       shine push runs/ift org/shine-qwen3-8b --backbone Qwen/Qwen3-8B --private
       shine push adapters/contract org/contract-lora --revision v1
     """
-    from huggingface_hub.errors import HfHubHTTPError, HFValidationError
-
     options: dict[str, Any] = {"private": private, "revision": revision, "create_pr": create_pr, "token": token}
     if commit_message is not None:
         options["commit_message"] = commit_message
     with fail_cleanly():
         kind = _kind(source)
-        try:
-            if kind == "adapter":
-                url = _push_adapter(source, repo_id, backbone, options)
-            else:
-                url = _push_checkpoint(source, repo_id, backbone, options)
-        except (HfHubHTTPError, HFValidationError) as error:
-            print_error(f"Could not push {source} to {repo_id}: {error}")
-            raise typer.Exit(code=1) from None
+        push = _push_adapter if kind == "adapter" else _push_checkpoint
+        url = push(source, repo_id, backbone, options)
     print_success(f"Pushed the {kind} {source} → {url}")
+
+
+@contextlib.contextmanager
+def _hub_errors(source: Path, repo_id: str) -> Iterator[None]:
+    """What the Hub or the network answers (refused, not found, unauthorized, unreachable, an invalid
+    repo id) as one `Error: Could not push ...` line and exit code 1."""
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+
+    from ..modeling.errors import ShineError
+
+    errors: list[type[BaseException]] = [HfHubHTTPError, HFValidationError, OSError]
+    for client in ("httpx2", "httpx"):  # huggingface_hub's HTTP client: its connection errors and timeouts
+        with contextlib.suppress(ImportError):
+            errors.append(importlib.import_module(client).TransportError)
+    try:
+        yield
+    except ShineError:
+        raise
+    except tuple(errors) as error:
+        print_error(f"Could not push {source} to {repo_id}: {str(error) or type(error).__name__}")
+        raise typer.Exit(code=1) from None
 
 
 def _kind(source: Path) -> str:
@@ -87,7 +103,7 @@ def _push_adapter(source: Path, repo_id: str, backbone: str | None, options: dic
     with console.status(f"Reading the adapter {source}"):
         adapter = ShineAdapter.from_pretrained(source)
     _check_hub_reference(adapter.base_model_name_or_path if backbone is None else backbone)
-    with console.status(f"Pushing to {repo_id}"):
+    with console.status(f"Pushing to {repo_id}"), _hub_errors(source, repo_id):
         return str(adapter.push_to_hub(repo_id, base_model_name_or_path=backbone, **options))
 
 
@@ -105,7 +121,7 @@ def _push_checkpoint(source: Path, repo_id: str, backbone: str | None, options: 
         with torch.device("meta"):
             weightless = AutoModelForCausalLM.from_config(config.get_backbone_config())
         model = ShineForCausalLM.from_pretrained(source, backbone=weightless)
-    with console.status(f"Pushing to {repo_id}"):
+    with console.status(f"Pushing to {repo_id}"), _hub_errors(source, repo_id):
         return str(model.push_to_hub(repo_id, backbone_name_or_path=backbone, **options))
 
 
