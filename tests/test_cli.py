@@ -12,6 +12,7 @@ from importlib.metadata import version
 import pytest
 
 # pytest puts tests/ on sys.path (rootdir-less test modules, prepend import mode)
+from cli_checks import one_line_error
 from reference_impl import build_reference_checkpoint, save_reference_checkpoint
 from typer.testing import CliRunner
 
@@ -86,17 +87,6 @@ def test_module_entry_point():
         assert option in result.stdout
 
 
-def _one_line_error(result, *fragments: str) -> str:
-    """The result is a user error: exit code 1, one `Error: ...` line on stderr, no traceback."""
-    assert result.exit_code == 1, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
-
-
 @pytest.mark.parametrize(
     ("arguments", "fragments"),
     [
@@ -114,7 +104,7 @@ def test_impossible_values_are_one_clean_line(paths, tmp_path, arguments, fragme
     out = tmp_path / "out"
     result = runner.invoke(app, ["convert", str(paths / "reference"), str(out), "--backbone", str(paths / "backbone"),
                                  *arguments])
-    _one_line_error(result, *fragments)
+    one_line_error(result, *fragments)
     assert not out.exists()
 
 
@@ -123,15 +113,15 @@ def test_out_dir_that_is_a_file_is_one_clean_line(paths, tmp_path):
     target.write_text("keep me")
     result = runner.invoke(app, ["convert", str(paths / "reference"), str(target), "--backbone",
                                  str(paths / "backbone")])
-    _one_line_error(result, "OUT_DIR", "is a file")
+    one_line_error(result, "OUT_DIR", "is a file")
     assert target.read_text() == "keep me"
 
 
 def test_missing_arguments_and_unknown_commands_are_one_clean_line(paths, tmp_path):
-    _one_line_error(runner.invoke(app, ["convert", "--backbone", str(paths / "backbone")]), "Missing argument 'SRC'")
-    _one_line_error(runner.invoke(app, ["convert", str(paths / "reference"), str(tmp_path / "out")]),
+    one_line_error(runner.invoke(app, ["convert", "--backbone", str(paths / "backbone")]), "Missing argument 'SRC'")
+    one_line_error(runner.invoke(app, ["convert", str(paths / "reference"), str(tmp_path / "out")]),
                     "Missing option '--backbone'")
-    _one_line_error(runner.invoke(app, ["no-such-command"]), "no-such-command", "shine --help")
+    one_line_error(runner.invoke(app, ["no-such-command"]), "no-such-command", "shine --help")
 
 
 def test_version():
@@ -207,7 +197,7 @@ def test_a_command_whose_packages_are_missing_is_one_clean_line(monkeypatch, tmp
     monkeypatch.setattr(shine_hf.cli, "__path__", [*shine_hf.cli.__path__, str(tmp_path)])
     monkeypatch.setitem(COMMANDS, "ghost", CommandEntry("needs_missing:run", "A command.", extra="ghost"))
     assert "ghost" in runner.invoke(app, ["--help"]).stdout
-    _one_line_error(runner.invoke(app, ["ghost"]), "'shine ghost' needs", "shine_hf_no_such_package",
+    one_line_error(runner.invoke(app, ["ghost"]), "'shine ghost' needs", "shine_hf_no_such_package",
                     "shine-hf[ghost]")
 
 
@@ -248,7 +238,7 @@ def test_shared_options_are_spelled_alike(command):
 @pytest.mark.parametrize("command", ["internalize", "chat", "eval", "demo"])
 def test_an_unknown_dtype_is_the_same_one_line_everywhere(command, tmp_path):
     result = runner.invoke(app, [command, "--dtype", "float8", "--model", str(tmp_path)])
-    _one_line_error(result, "Invalid value for '--dtype': Unknown dtype 'float8': use auto, bfloat16, float16 or "
+    one_line_error(result, "Invalid value for '--dtype': Unknown dtype 'float8': use auto, bfloat16, float16 or "
                             "float32.")
 
 

@@ -15,6 +15,7 @@ import time
 import pytest
 
 # pytest puts tests/ on sys.path (rootdir-less test modules, prepend import mode)
+from cli_checks import one_line_error
 from facts_documents import facts_model, held_out, long_document, write_documents
 from typer.testing import CliRunner
 
@@ -210,14 +211,6 @@ def test_ctrl_c_while_answering_ends_the_session_cleanly():
     assert next(lines) == "never read"
 
 
-def _one_line_error(result, fragment: str) -> None:
-    assert result.exit_code == 1, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
-    assert "Traceback" not in result.output
-    assert fragment in lines[0], (fragment, lines[0])
-
-
 @pytest.fixture(scope="module")
 def foreign_adapter(tmp_path_factory):
     """An adapter of another backbone (a tiny random Qwen3)."""
@@ -243,5 +236,5 @@ def test_user_errors_are_one_line(tmp_path, foreign_adapter, arguments, fragment
     (tmp_path / "doc.txt").write_text("Mivebu lives in Hulvor.")
     given = [argument.format(tmp=tmp_path, foreign=foreign_adapter) for argument in arguments]
     result = _chat(given, ["Where does Mivebu live?"])
-    _one_line_error(result, fragment.format(tmp=tmp_path, foreign=foreign_adapter))
+    one_line_error(result, fragment.format(tmp=tmp_path, foreign=foreign_adapter))
     assert result.stdout == ""

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 # pytest puts tests/ on sys.path (rootdir-less test modules, prepend import mode)
+from cli_checks import one_line_error
 from facts_documents import facts_model, held_out, long_document, write_documents
 from typer.testing import CliRunner
 
@@ -112,15 +113,6 @@ def test_an_existing_adapter_is_replaced(tmp_path):
     assert (out / "doc0" / "notes.txt").read_text() == "mine"  # not an adapter file: left alone
 
 
-def _one_line_error(result, fragment: str) -> str:
-    assert result.exit_code == 1, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
-    assert "Traceback" not in result.output
-    assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
-
-
 @pytest.mark.parametrize(
     ("arguments", "fragment"),
     [
@@ -158,9 +150,9 @@ def test_user_errors_are_one_line_and_write_nothing(tmp_path, arguments, fragmen
     for flag in [argument for argument in given if argument in options]:
         options.pop(flag)
     options_list = [x for pair in options.items() for x in pair]
-    _one_line_error(runner.invoke(app, ["internalize", *given, *options_list]), fragment.format(tmp=tmp_path))
+    one_line_error(runner.invoke(app, ["internalize", *given, *options_list]), fragment.format(tmp=tmp_path))
     assert not out.exists()
 
 
 def test_documents_are_required():
-    _one_line_error(runner.invoke(app, ["internalize", *MODEL, "--out", "x"]), "Missing argument 'DOCUMENT'")
+    one_line_error(runner.invoke(app, ["internalize", *MODEL, "--out", "x"]), "Missing argument 'DOCUMENT'")

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 # pytest puts tests/ on sys.path (rootdir-less test modules, prepend import mode)
+from cli_checks import one_line_error
 from facts_documents import facts_model, held_out
 from huggingface_hub import HfApi, ModelCard
 from peft import PeftConfig
@@ -37,15 +38,6 @@ def _same_adapter(a: ShineAdapter, b: ShineAdapter) -> bool:
                for layer in a.lora for name in a.lora[layer])
 
 
-def _one_line_error(result, fragment: str) -> str:
-    assert result.exit_code == 1, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
-    assert "Traceback" not in result.output
-    assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
-
-
 def test_an_adapter_is_pushed_in_one_commit(saved_adapter, hub):
     repo_id = hub.unique_repo_id("facts-adapter")
     result = runner.invoke(app, ["push", str(saved_adapter), repo_id, "--backbone", "org/facts-llama",
@@ -64,11 +56,11 @@ def test_an_adapter_is_pushed_in_one_commit(saved_adapter, hub):
 
 def test_a_local_backbone_needs_its_hub_id_before_anything_is_created(saved_adapter, hub):
     repo_id = hub.unique_repo_id("refused")
-    _one_line_error(runner.invoke(app, ["push", str(saved_adapter), repo_id]),
+    one_line_error(runner.invoke(app, ["push", str(saved_adapter), repo_id]),
                     f"The backbone is the local path '{FACTS_BACKBONE}', which means nothing on the Hub: give its "
                     f"Hub id with --backbone")
-    _one_line_error(runner.invoke(app, ["push", str(FACTS_SHINE), repo_id]), "'../facts-llama'")
-    _one_line_error(runner.invoke(app, ["push", str(FACTS_SHINE), repo_id, "--backbone", str(FACTS_BACKBONE)]),
+    one_line_error(runner.invoke(app, ["push", str(FACTS_SHINE), repo_id]), "'../facts-llama'")
+    one_line_error(runner.invoke(app, ["push", str(FACTS_SHINE), repo_id, "--backbone", str(FACTS_BACKBONE)]),
                     "give its Hub id with --backbone")
     assert not HfApi().repo_exists(repo_id)
 
@@ -120,7 +112,7 @@ def test_user_errors_are_one_line(tmp_path, saved_adapter, hub, source, repo, fr
     (tmp_path / "both" / "adapter_config.json").write_text("{}")
     (tmp_path / "both" / "config.json").write_text("{}")
     arguments = [source.format(tmp=tmp_path, adapter=saved_adapter), repo, "--backbone", "org/facts-llama"]
-    _one_line_error(runner.invoke(app, ["push", *arguments]), fragment.format(tmp=tmp_path))
+    one_line_error(runner.invoke(app, ["push", *arguments]), fragment.format(tmp=tmp_path))
 
 
 def test_an_unreachable_hub_is_one_line(saved_adapter, hub, monkeypatch):
@@ -131,6 +123,6 @@ def test_an_unreachable_hub_is_one_line(saved_adapter, hub, monkeypatch):
         port = probe.getsockname()[1]
     monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
     repo_id = hub.unique_repo_id("unreachable")
-    line = _one_line_error(runner.invoke(app, ["push", str(saved_adapter), repo_id, "--backbone", "org/facts-llama"]),
+    line = one_line_error(runner.invoke(app, ["push", str(saved_adapter), repo_id, "--backbone", "org/facts-llama"]),
                            f"Could not push {saved_adapter} to {repo_id}: ")
     assert "Connection refused" in line or "connect" in line.lower()

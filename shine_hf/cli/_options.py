@@ -12,6 +12,7 @@
 | `--out`, `-o PATH` | where the command writes what it makes (a directory, or eval's results file) |
 | `--seed N` | the seed of anything random |
 | `--compose METHOD` | how several adapters become one (concat or mean) |
+| `--chunk-tokens N`, `--overlap-tokens N` | how documents too long to read at once are cut |
 
 Each function returns the `typer.Option` for a command parameter; `help` adapts the text to the
 command, never the name. Importing this module is cheap (typer only).
@@ -71,3 +72,14 @@ def out_option(help: str, *aliases: str) -> Any:
 
 def compose_option(help: str) -> Any:
     return typer.Option("--compose", help=help)
+
+
+def chunk_tokens_option() -> Any:
+    return typer.Option("--chunk-tokens", metavar="N", min=1,
+                        help="Read documents longer than N tokens in chunks of at most N tokens, cut at sentence "
+                             "ends (default: only those the backbone cannot read whole, in the longest chunks it "
+                             "can).")
+
+
+def overlap_tokens_option() -> Any:
+    return typer.Option("--overlap-tokens", metavar="N", min=0, help="Tokens shared by consecutive chunks.")

@@ -22,11 +22,13 @@ from ._options import (
     ComposeMethod,
     backbone_option,
     batch_size_option,
+    chunk_tokens_option,
     compose_option,
     device_option,
     dtype_option,
     max_new_tokens_option,
     model_option,
+    overlap_tokens_option,
     revision_option,
 )
 
@@ -59,12 +61,8 @@ def chat_command(
         help="User turn of /context answers, with {context} and {question} (\\n for a newline; default: the "
              "reference's).")] = None,
     batch_size: Annotated[int, batch_size_option("Documents (or chunks of a long one) per forward pass.")] = 8,
-    chunk_tokens: Annotated[int | None, typer.Option(
-        "--chunk-tokens", metavar="N", min=1,
-        help="Read documents longer than N tokens in chunks (default: only those the backbone cannot read whole, "
-             "in the longest chunks it can).")] = None,
-    overlap_tokens: Annotated[int, typer.Option(
-        "--overlap-tokens", metavar="N", min=0, help="Tokens shared by consecutive chunks.")] = 0,
+    chunk_tokens: Annotated[int | None, chunk_tokens_option()] = None,
+    overlap_tokens: Annotated[int, overlap_tokens_option()] = 0,
     backbone: Annotated[str | None, backbone_option()] = None,
     revision: Annotated[str | None, revision_option()] = None,
     device: Annotated[str | None, device_option()] = None,

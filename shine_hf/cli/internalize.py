@@ -12,11 +12,13 @@ from ._options import (
     ComposeMethod,
     backbone_option,
     batch_size_option,
+    chunk_tokens_option,
     compose_option,
     device_option,
     dtype_option,
     model_option,
     out_option,
+    overlap_tokens_option,
     revision_option,
 )
 
@@ -30,12 +32,8 @@ def internalize_command(
         "suffix; an adapter already there is replaced.")],
     batch_size: Annotated[int, batch_size_option(
         "Documents per forward pass (and chunks per pass for long documents).")] = 8,
-    chunk_tokens: Annotated[int | None, typer.Option(
-        "--chunk-tokens", metavar="N", min=1,
-        help="Read documents longer than N tokens in chunks of at most N tokens, cut at sentence ends "
-             "(default: only documents the backbone cannot read whole, in the longest chunks it can).")] = None,
-    overlap_tokens: Annotated[int, typer.Option(
-        "--overlap-tokens", metavar="N", min=0, help="Tokens shared by consecutive chunks.")] = 0,
+    chunk_tokens: Annotated[int | None, chunk_tokens_option()] = None,
+    overlap_tokens: Annotated[int, overlap_tokens_option()] = 0,
     compose: Annotated[ComposeMethod, compose_option(
         "How several adapters become one (a long document's chunks; with --compose-all, the documents): "
         "concat (the sum of their deltas, ranks stacked) or mean (their average).")] = ComposeMethod.concat,
