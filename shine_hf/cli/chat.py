@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 PROMPT = "> "
 COMMANDS_HELP = (
     ("/help", "this list"),
-    ("/context", "also answer with the documents in the prompt (in-context), for comparison; again: off"),
+    ("/context", "also answer with the documents in the prompt, for comparison (again: stop)"),
     ("/exit", "end the chat (also /quit, Ctrl-D or Ctrl-C)"),
 )
 
