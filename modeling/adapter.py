@@ -235,9 +235,10 @@ class ShineAdapter:
         return Counter(self.module_ranks.values()).most_common(1)[0][0]
 
     def _layout(self, with_ranks: bool = True) -> tuple:
+        # modules by name: an adapter read from PEFT files holds them in another order than a generated one
         return (self.layers_path, self.targets, tuple(
             (layer, name, w.A.shape[1], w.B.shape[2], w.A.shape[2] if with_ranks else None, w.C is None)
-            for layer, modules in self.lora.items() for name, w in modules.items()
+            for layer, modules in self.lora.items() for name, w in sorted(modules.items())
         ))
 
     def check_same_layout(self, other: ShineAdapter, ignore_rank: bool = False) -> None:

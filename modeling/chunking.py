@@ -66,7 +66,8 @@ def chunk_spans(
 
 def split_text(text: str, tokenizer: Any, chunk_tokens: int, overlap_tokens: int) -> list[str]:
     """`text` as chunk texts of at most `chunk_tokens` tokens (without the tokenizer's special tokens)."""
-    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    # verbose=False: a document longer than the model's maximum is expected here (it is being cut to fit)
+    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
     offsets: Sequence[tuple[int, int]] = encoding["offset_mapping"]
     if not offsets:
         return [text]

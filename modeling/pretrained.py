@@ -179,6 +179,8 @@ class ShinePreTrainedModel(PreTrainedModel):
         state = read_hypernetwork_state(files, model.hypernetwork.state_dict())
         model.hypernetwork.load_state_dict(state, strict=True)
         device = backbone.get_input_embeddings().weight.device
+        if device.type == "meta":  # a weightless backbone, to save or push the hypernetwork: it stays real
+            device = None
         model.hypernetwork.to(device=device, dtype=hypernetwork_dtype or torch.float32)
         model.name_or_path = str(pretrained_model_name_or_path)
         model.tokenizer = (

@@ -134,7 +134,7 @@ class ShineModelArguments:
     backbone_dtype: str | None = field(
         default=None,
         metadata={"help": "Load the backbone in this dtype (bfloat16, float16, float32 or auto); the hypernetwork "
-                          "stays float32."},
+                          "stays float32.", "aliases": ["--dtype"]},
     )
     tokenizer: str | None = field(
         default=None,
@@ -143,7 +143,7 @@ class ShineModelArguments:
     from_checkpoint: str | None = field(
         default=None,
         metadata={"help": "shine-hf checkpoint whose hypernetwork to start from, with a fresh optimizer and schedule "
-                          "(e.g. a pretraining checkpoint for instruction tuning).", "aliases": ["--from"]},
+                          "(e.g. a pretraining checkpoint for instruction tuning).", "aliases": ["--from", "--model"]},
     )
     lora_rank: int | None = field(
         default=None,

@@ -12,6 +12,7 @@ from importlib.metadata import version
 import pytest
 
 # pytest puts tests/ on sys.path (rootdir-less test modules, prepend import mode)
+from cli_checks import one_line_error
 from reference_impl import build_reference_checkpoint, save_reference_checkpoint
 from typer.testing import CliRunner
 
@@ -86,17 +87,6 @@ def test_module_entry_point():
         assert option in result.stdout
 
 
-def _one_line_error(result, *fragments: str) -> str:
-    """The result is a user error: exit code 1, one `Error: ...` line on stderr, no traceback."""
-    assert result.exit_code == 1, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
-
-
 @pytest.mark.parametrize(
     ("arguments", "fragments"),
     [
@@ -114,7 +104,7 @@ def test_impossible_values_are_one_clean_line(paths, tmp_path, arguments, fragme
     out = tmp_path / "out"
     result = runner.invoke(app, ["convert", str(paths / "reference"), str(out), "--backbone", str(paths / "backbone"),
                                  *arguments])
-    _one_line_error(result, *fragments)
+    one_line_error(result, *fragments)
     assert not out.exists()
 
 
@@ -123,15 +113,15 @@ def test_out_dir_that_is_a_file_is_one_clean_line(paths, tmp_path):
     target.write_text("keep me")
     result = runner.invoke(app, ["convert", str(paths / "reference"), str(target), "--backbone",
                                  str(paths / "backbone")])
-    _one_line_error(result, "OUT_DIR", "is a file")
+    one_line_error(result, "OUT_DIR", "is a file")
     assert target.read_text() == "keep me"
 
 
 def test_missing_arguments_and_unknown_commands_are_one_clean_line(paths, tmp_path):
-    _one_line_error(runner.invoke(app, ["convert", "--backbone", str(paths / "backbone")]), "Missing argument 'SRC'")
-    _one_line_error(runner.invoke(app, ["convert", str(paths / "reference"), str(tmp_path / "out")]),
+    one_line_error(runner.invoke(app, ["convert", "--backbone", str(paths / "backbone")]), "Missing argument 'SRC'")
+    one_line_error(runner.invoke(app, ["convert", str(paths / "reference"), str(tmp_path / "out")]),
                     "Missing option '--backbone'")
-    _one_line_error(runner.invoke(app, ["no-such-command"]), "no-such-command", "shine --help")
+    one_line_error(runner.invoke(app, ["no-such-command"]), "no-such-command", "shine --help")
 
 
 def test_version():
@@ -188,12 +178,13 @@ def test_help_imports_no_heavy_module_and_no_command():
     assert loaded == ["shine_hf.cli._common"]
 
 
-def test_convert_help_imports_no_heavy_module():
+@pytest.mark.parametrize("command", sorted(set(COMMANDS) - {"train"}))  # train's options come from transformers
+def test_command_help_imports_no_heavy_module(command):
     loaded = _run_python(f"""
         import json, sys
         from typer.testing import CliRunner
         from shine_hf.cli import app
-        result = CliRunner().invoke(app, ["convert", "--help"])
+        result = CliRunner().invoke(app, [{command!r}, "--help"])
         assert result.exit_code == 0, result.output
         print(json.dumps(sorted(m for m in sys.modules if m in {HEAVY_MODULES!r})))
     """)
@@ -206,5 +197,66 @@ def test_a_command_whose_packages_are_missing_is_one_clean_line(monkeypatch, tmp
     monkeypatch.setattr(shine_hf.cli, "__path__", [*shine_hf.cli.__path__, str(tmp_path)])
     monkeypatch.setitem(COMMANDS, "ghost", CommandEntry("needs_missing:run", "A command.", extra="ghost"))
     assert "ghost" in runner.invoke(app, ["--help"]).stdout
-    _one_line_error(runner.invoke(app, ["ghost"]), "'shine ghost' needs", "shine_hf_no_such_package",
+    one_line_error(runner.invoke(app, ["ghost"]), "'shine ghost' needs", "shine_hf_no_such_package",
                     "shine-hf[ghost]")
+
+
+@pytest.mark.parametrize("command", ["", *sorted(COMMANDS)])
+def test_every_help_ends_with_examples_of_that_command(command):
+    result = runner.invoke(app, [command, "--help"] if command else ["--help"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.rstrip().splitlines()
+    heading = max(i for i, line in enumerate(lines) if line.strip() == "Examples:")
+    examples = [line.strip() for line in lines[heading + 1:] if line.strip()]
+    assert examples, result.stdout
+    prefix = f"shine {command}".rstrip()
+    commands = [line for line in examples if not line.startswith("--")]  # continuation lines start with --
+    assert all(line.startswith(prefix) for line in commands), examples
+
+
+# One spelling per meaning (shine_hf/cli/_options.py): an older or longer name is only ever an alias.
+CANONICAL_NAMES = {"--output": "--out", "--output-dir": "--out", "--backbone-dtype": "--dtype", "--from": "--model"}
+SHARED_OPTIONS = {"model": "--model", "backbone": "--backbone", "revision": "--revision", "device": "--device",
+                  "dtype": "--dtype", "batch_size": "--batch-size", "max_new_tokens": "--max-new-tokens",
+                  "seed": "--seed", "compose": "--compose", "out": "--out", "output": "--out",
+                  "output_dir": "--out", "from_checkpoint": "--model", "backbone_dtype": "--dtype"}
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_shared_options_are_spelled_alike(command):
+    for param in shine_hf.cli.load_command(command).params:
+        names = [*param.opts, *param.secondary_opts]
+        for old, new in CANONICAL_NAMES.items():
+            if old in names:
+                assert new in names, (command, param.name, names)
+        if param.name in SHARED_OPTIONS and param.param_type_name == "option":
+            assert SHARED_OPTIONS[param.name] in names, (command, param.name, names)
+    if command in ("internalize", "chat", "eval", "demo"):
+        assert "--model" in {name for param in shine_hf.cli.load_command(command).params for name in param.opts}
+
+
+@pytest.mark.parametrize("command", ["internalize", "chat", "eval", "demo"])
+def test_an_unknown_dtype_is_the_same_one_line_everywhere(command, tmp_path):
+    result = runner.invoke(app, [command, "--dtype", "float8", "--model", str(tmp_path)])
+    one_line_error(result, "Invalid value for '--dtype': Unknown dtype 'float8': use auto, bfloat16, float16 or "
+                            "float32.")
+
+
+def _ghost_command(monkeypatch, tmp_path, module: str, body: str) -> None:
+    """Register `shine ghost`, whose function (in a new module named `module`) runs `body`."""
+    (tmp_path / f"{module}.py").write_text(f"import typer\n\n\ndef run() -> None:\n    {body}\n")
+    monkeypatch.setattr(shine_hf.cli, "__path__", [*shine_hf.cli.__path__, str(tmp_path)])
+    monkeypatch.setitem(COMMANDS, "ghost", CommandEntry(f"{module}:run", "A command."))
+
+
+def test_an_abort_is_one_clean_line(monkeypatch, tmp_path):
+    _ghost_command(monkeypatch, tmp_path, "aborting_command", "raise typer.Abort()")
+    result = runner.invoke(app, ["ghost"])
+    assert result.exit_code == 1 and result.stderr == "Error: Aborted.\n"
+
+
+def test_a_bug_keeps_its_own_traceback(monkeypatch, tmp_path):
+    """Anything that is not a user error propagates as itself (it used to become an AttributeError)."""
+    _ghost_command(monkeypatch, tmp_path, "buggy_command", "raise LookupError('a bug')")
+    with pytest.raises(LookupError, match="a bug"):
+        app(["ghost"], prog_name="shine")

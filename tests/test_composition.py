@@ -151,3 +151,32 @@ def test_bad_chunking_arguments_are_clear_errors(model):
         model.internalize(LONG, chunk_tokens=32, compose="sum")
     with pytest.raises(InvalidInputError, match="one document"):
         model.internalize([LONG, LONG], chunk_tokens=32, compose=None)
+
+
+def test_cutting_a_document_longer_than_the_tokenizer_maximum_does_not_warn():
+    """split_text tokenizes a whole long document on purpose: no "sequence length is longer" warning."""
+    from transformers import AutoTokenizer
+    from transformers.testing_utils import CaptureLogger
+    from transformers.utils import logging
+
+    from shine_hf.assets import FACTS_BACKBONE
+
+    tokenizer = AutoTokenizer.from_pretrained(FACTS_BACKBONE)
+    text = " ".join(["Mivebu lives in Hulvor."] * 200)
+    assert len(tokenizer(text, verbose=False)["input_ids"]) > tokenizer.model_max_length
+    with CaptureLogger(logging.get_logger("transformers.tokenization_utils_base")) as captured:
+        chunks = split_text(text, tokenizer, 100, 0)
+    assert len(chunks) > 1
+    assert "longer than the specified maximum" not in captured.out
+
+
+def test_an_adapter_read_from_disk_composes_and_stacks_with_a_generated_one(model, tmp_path):
+    """PEFT files list the modules in another order than the hypernetwork writes them (qwen2: q, k, v, o,
+    ... generated; alphabetical when read): still the same layout."""
+    generated = model.internalize(DOCS[0])
+    generated.save_pretrained(tmp_path / "saved")
+    loaded = ShineAdapter.from_pretrained(tmp_path / "saved")
+    composed = ShineAdapter.compose([generated, loaded], "mean")
+    for name in generated.lora[0]:
+        assert torch.allclose(_delta(composed, 0, name), _delta(generated, 0, name), atol=1e-6)
+    assert len(ShineAdapter.stack([generated, loaded])) == 2

@@ -64,6 +64,22 @@ def test_loaded_backbone_can_be_passed_in(saved):
     _assert_same_adapter(model.internalize(CONTEXT), loaded.internalize(CONTEXT))
 
 
+def test_a_weightless_backbone_loads_the_hypernetwork_to_save_it_again(saved, tmp_path):
+    """A meta-device backbone (what `shine push` builds from the config: no backbone weights read) keeps
+    the loaded hypernetwork real, so the checkpoint can be saved (or pushed) unchanged."""
+    from transformers import AutoModelForCausalLM
+
+    model, directory, _ = saved
+    with torch.device("meta"):
+        weightless = AutoModelForCausalLM.from_config(model.config.get_backbone_config())
+    loaded = ShineForCausalLM.from_pretrained(directory, backbone=weightless)
+    original = model.hypernetwork.state_dict()
+    assert all(torch.equal(tensor, original[name]) for name, tensor in loaded.hypernetwork.state_dict().items())
+    loaded.save_pretrained(tmp_path / "again")
+    again = ShineForCausalLM.from_pretrained(tmp_path / "again", backbone=tiny_backbone("qwen3"))
+    _assert_same_adapter(model.internalize(CONTEXT), again.internalize(CONTEXT))
+
+
 def test_sharded_checkpoint_round_trips(tmp_path, saved):
     model, _, _ = saved
     model.save_pretrained(tmp_path / "sharded", max_shard_size="20KB")

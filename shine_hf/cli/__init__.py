@@ -4,7 +4,9 @@ Each command lives in its own module, `shine_hf/cli/<command>.py`, and has one e
 `COMMANDS` below: the function to call and the one-line help that `shine --help` shows. A command's
 module is imported only when that command runs (or shows its help), so `shine --help` starts
 without importing torch or transformers; command modules import heavy libraries inside the
-command function.
+command function. A command function's docstring is its help; the part from a line `Examples:`
+on is shown after the options, lines as written (`command_help`). The options several commands
+share are declared once, in `_options.py`.
 
 Errors a user can fix are one line on stderr and exit code 1: `ShineError`s raised by shine-hf
 (`_common.fail_cleanly`) and command-line usage errors (`ShineGroup.main`). Anything else is a bug
@@ -14,6 +16,7 @@ and keeps its traceback.
 from __future__ import annotations
 
 import importlib
+import inspect
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -48,11 +51,14 @@ class CommandEntry:
 
 
 COMMANDS: dict[str, CommandEntry] = {
+    "internalize": CommandEntry("internalize:internalize_command", "Write one PEFT adapter per document."),
+    "chat": CommandEntry("chat:chat_command", "Ask questions about documents or adapters in the terminal."),
+    "eval": CommandEntry("eval:eval_command", "Score SHINE against in-context, question-only, SFT baselines.",
+                         extra="eval"),
     "convert": CommandEntry("convert:convert", "Convert a released SHINE checkpoint to the shine-hf format."),
     "train": CommandEntry("train:train_command", "Train a SHINE hypernetwork on a frozen backbone.", extra="train"),
-    "eval": CommandEntry("eval:eval_command", "Score SHINE against in-context, question-only and SFT baselines.",
-                         extra="eval"),
-    "demo": CommandEntry("demo:demo", "Try SHINE in the browser: internalize a document, ask it questions.",
+    "push": CommandEntry("push:push_command", "Upload a SHINE checkpoint or an adapter to the Hub."),
+    "demo": CommandEntry("demo:demo", "Internalize a document and ask it questions in the browser.",
                          extra="demo"),
 }
 
@@ -81,9 +87,28 @@ def load_command(name: str) -> click.Command:
     function = getattr(module, attribute)
     if isinstance(function, click.Command):
         return function
+    help_text, examples = command_help(function)
     single = typer.Typer(rich_markup_mode=MARKUP_MODE, add_completion=False, pretty_exceptions_enable=False)
-    single.command(name, short_help=entry.help)(function)
+    single.command(name, short_help=entry.help, help=help_text, epilog=examples)(function)
     return typer.main.get_command(single)
+
+
+EXAMPLES_HEADING = "Examples:"
+
+
+def command_help(function: Any) -> tuple[str | None, str | None]:
+    """A command function's docstring as (help, epilog): the epilog is the `Examples:` section at its
+    end, kept line by line (click's `\\b` marker) so that `--help` ends with commands to copy."""
+    doc = inspect.getdoc(function) or ""
+    help_text, heading, examples = doc.partition(f"\n{EXAMPLES_HEADING}\n")
+    if not heading:
+        return doc or None, None
+    return help_text.rstrip(), examples_epilog(examples)
+
+
+def examples_epilog(examples: str) -> str:
+    """The `Examples:` section that ends a `--help`, its lines kept as written (click's `\\b` marker)."""
+    return f"{EXAMPLES_HEADING}\n\n\b\n{examples.rstrip()}"
 
 
 class ShineGroup(TyperGroup):
@@ -112,7 +137,7 @@ class ShineGroup(TyperGroup):
         except click.ClickException as error:
             print_error(error.format_message() + _help_hint(error))
             sys.exit(1)
-        except click.Abort:
+        except typer.Abort:  # typer's own (a RuntimeError): the vendored click has no Abort
             print_error("Aborted.")
             sys.exit(1)
         sys.exit(code if isinstance(code, int) else 0)
@@ -137,6 +162,11 @@ app = typer.Typer(
     name="shine",
     cls=ShineGroup,
     no_args_is_help=True,
+    epilog=examples_epilog(
+        "  shine internalize docs/*.txt --model org/shine-qwen3-8b --out adapters/\n"
+        "  shine chat --model org/shine-qwen3-8b --adapter adapters/contract\n"
+        "  shine COMMAND --help"
+    ),
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=MARKUP_MODE,

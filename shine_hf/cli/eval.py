@@ -6,24 +6,26 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.text import Text
 
-from ._common import console, error_console, fail_cleanly
-
-
-def _unescape(template: str) -> str:
-    r"""Let a shell argument spell newlines and tabs as \n and \t."""
-    return template.replace("\\n", "\n").replace("\\t", "\t")
+from ._common import console, error_console, fail_cleanly, print_success, unescape
+from ._options import (
+    backbone_option,
+    batch_size_option,
+    device_option,
+    dtype_option,
+    max_new_tokens_option,
+    model_option,
+    out_option,
+)
 
 
 def eval_command(
-    model: Annotated[str, typer.Option("--model", help="SHINE checkpoint: local directory or Hub repo id.")],
+    model: Annotated[str, model_option()],
     data: Annotated[str, typer.Option("--data", help="QA data: a .jsonl/.json file (context, question, answers), "
                                                     "a .parquet/.csv file, a saved dataset directory, or a Hub "
                                                     "dataset id (SQuAD, HotpotQA, MS MARCO, MuSiQue layouts).")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Results JSON (per-example predictions + "
-                                                               "summary); rerun the same command to resume "
-                                                               "it.")] = Path("results.json"),
+    output: Annotated[Path, out_option("Results JSON (per-example predictions + summary); rerun the same "
+                                       "command to resume it.", "--output")] = Path("results.json"),
     conditions: Annotated[str, typer.Option("--conditions", help="Comma-separated, run in this order: shine, "
                                                                 "in_context, question_only, sft.")]
     = "shine,in_context,question_only,sft",
@@ -35,9 +37,9 @@ def eval_command(
                                                         "musique.")] = "auto",
     limit: Annotated[int | None, typer.Option("--limit", help="Evaluate the first N examples (questions).")]
     = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Questions per generation batch; documents "
-                                                                "per internalize call.")] = 8,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Answer length budget.")] = 32,
+    batch_size: Annotated[int, batch_size_option("Questions per generation batch; documents per internalize "
+                                                 "call.")] = 8,
+    max_new_tokens: Annotated[int, max_new_tokens_option("Answer length budget, in tokens.")] = 32,
     system_prompt: Annotated[str | None, typer.Option("--system-prompt", help="Baselines' system prompt "
                                                                              "(default: the checkpoint's).")]
     = None,
@@ -50,16 +52,19 @@ def eval_command(
     chart: Annotated[Path | None, typer.Option("--chart", help="PNG bar chart (default: the output path with "
                                                                ".png).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the SFT LoRA initialisation.")] = 0,
-    backbone: Annotated[str | None, typer.Option("--backbone", help="Load this backbone instead of the one the "
-                                                                   "checkpoint names.")] = None,
-    dtype: Annotated[str | None, typer.Option("--dtype", help="Backbone dtype (bfloat16, float16, "
-                                                             "float32).")] = None,
-    device: Annotated[str | None, typer.Option("--device", help="Device to load the model on (cpu, cuda, "
-                                                               "cuda:1).")] = None,
+    backbone: Annotated[str | None, backbone_option()] = None,
+    dtype: Annotated[str | None, dtype_option()] = None,
+    device: Annotated[str | None, device_option()] = None,
     threads: Annotated[int | None, typer.Option("--threads", help="CPU threads for torch (default: torch's "
                                                                  "choice).")] = None,
 ) -> None:
-    """Score SHINE against in-context, question-only and SFT baselines: F1/EM, time, memory, tokens."""
+    r"""Score SHINE against in-context, question-only and SFT baselines: F1/EM, time, memory, tokens.
+
+    Examples:
+      shine eval --model ./my-shine --data dev.jsonl --out results.json
+      shine eval --model org/shine-qwen3-8b --data rajpurkar/squad \
+          --split validation --limit 500 --device cuda --dtype bfloat16
+    """
     import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -67,16 +72,16 @@ def eval_command(
     from ..evaluation.report import CONDITION_LABELS, summary_table
     from ..modeling.errors import InvalidInputError
     from ..modeling.prompting import IN_CONTEXT_TEMPLATE
+    from ._model import check_device
 
     tasks: dict[str, int] = {}
     with fail_cleanly(), Progress(TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(),
                                   TimeElapsedColumn(), console=error_console, transient=False) as bar:
-        if dtype not in (None, "bfloat16", "float16", "float32"):
-            raise InvalidInputError(f"Unknown dtype {dtype!r}: use bfloat16, float16 or float32.")
         if threads is not None:
             if threads < 1:
                 raise InvalidInputError(f"--threads must be at least 1, not {threads}.")
             torch.set_num_threads(threads)
+        check_device(device)
 
         def progress(condition: str, done: int, total: int) -> None:
             if condition not in tasks:
@@ -89,12 +94,11 @@ def eval_command(
             model, data, split=split, data_config=data_config, layout=layout, conditions=conditions, limit=limit,
             batch_size=batch_size, output=output, chart=chart or output.with_suffix(".png"),
             max_new_tokens=max_new_tokens, system_prompt=system_prompt,
-            context_template=IN_CONTEXT_TEMPLATE if context_template is None else _unescape(context_template),
+            context_template=IN_CONTEXT_TEMPLATE if context_template is None else unescape(context_template),
             sft=SftConfig(steps=sft_steps, learning_rate=sft_lr), seed=seed, backbone=backbone, dtype=dtype,
             device=device, progress=progress,
         )
     data_block = results["data"]
     console.print(summary_table(results["summary"], title=f"{data_block['source']}: {data_block['examples']} "
                                                           f"questions about {data_block['documents']} documents"))
-    console.print(Text("✓ ", style="bold green")
-                  + Text(f"Results → {output}; chart → {chart or output.with_suffix('.png')}"))
+    print_success(f"Results → {output}; chart → {chart or output.with_suffix('.png')}")

@@ -30,7 +30,7 @@ from ._common import console, fail_cleanly
 __all__ = ["TRAINING_OPTIONS", "build_train_command", "option_rows", "options_markdown"]
 
 TRAINING_OPTIONS: dict[str, tuple[str, ...]] = {
-    "output_dir": ("-o",),
+    "output_dir": ("-o", "--out"),
     "resume_from_checkpoint": ("--resume",),
     "learning_rate": ("--lr",),
     "num_train_epochs": ("--epochs",),
@@ -135,7 +135,14 @@ def build_train_command() -> Callable[..., None]:
     """The `shine train` command function, its typer options generated from the argument dataclasses."""
 
     def train_command(**values: Any) -> None:
-        """Train a SHINE hypernetwork (pretraining or instruction tuning) on a frozen backbone."""
+        r"""Train a SHINE hypernetwork (pretraining or instruction tuning) on a frozen backbone.
+
+        Examples:
+          shine train --backbone Qwen/Qwen3-8B --dtype bfloat16 --bf16 \
+              --stage pretrain --data corpus/ --out runs/pretrain
+          shine train --stage ift --from runs/pretrain --data squad.jsonl \
+              --out runs/ift
+        """
         _run(**values)
 
     parameters = []

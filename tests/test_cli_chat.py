@@ -1,0 +1,240 @@
+"""`shine chat` on the shipped toy models: questions piped in (a real process, and in-process), an
+interactive session in a pseudo-terminal, composed sources, /context, and one-line user errors."""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+# pytest puts tests/ on sys.path (rootdir-less test modules, prepend import mode)
+from cli_checks import one_line_error
+from facts_documents import facts_model, held_out, long_document, write_documents
+from typer.testing import CliRunner
+
+from shine_hf import ShineAdapter
+from shine_hf.assets import FACTS_CONTEXT_TEMPLATE, FACTS_SHINE
+from shine_hf.cli import app
+from shine_hf.cli._common import console
+from shine_hf.cli.chat import ChatSession
+from shine_hf.testing.models import tiny_shine
+
+runner = CliRunner()
+MODEL = ["--model", str(FACTS_SHINE)]
+TEMPLATE_ARG = FACTS_CONTEXT_TEMPLATE.replace("\n", "\\n")  # as typed in a shell
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="module")
+def saved_adapter(tmp_path_factory):
+    """The first held-out document's adapter, saved as `shine internalize` saves it."""
+    directory = tmp_path_factory.mktemp("adapters") / "doc0"
+    facts_model().internalize(held_out(1)[0]["context"]).save_pretrained(directory)
+    return directory
+
+
+def test_answers_questions_piped_into_a_process(saved_adapter):
+    """The issue's check: `shine chat` answers questions piped into it from a document's adapter."""
+    record = held_out(1)[0]
+    questions = "".join(f"{question}\n\n" for question in record["questions"])  # blank lines are skipped
+    result = subprocess.run([sys.executable, "-m", "shine_hf.cli", "chat", *MODEL, "--adapter", str(saved_adapter)],
+                            input=questions, capture_output=True, text=True, env=ENV, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == list(record["answers"])
+    assert "Traceback" not in result.stderr
+
+
+class Terminal:
+    """The controlling side of a pseudo-terminal: what the program showed, read up to what a test expects."""
+
+    ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.shown = bytearray()
+        self.position = 0  # in the text without terminal escape codes: where the next expectation starts
+
+    def text(self) -> bytes:
+        return self.ANSI.sub(b"", bytes(self.shown))
+
+    def expect(self, pattern: str | bytes, timeout: float = 120) -> None:
+        """Read until `pattern` appears after the previous expectation's match (escape codes ignored)."""
+        pattern = pattern.encode() if isinstance(pattern, str) else pattern
+        deadline = time.time() + timeout
+        while (found := self.text().find(pattern, self.position)) < 0:
+            remaining = deadline - time.time()
+            assert remaining > 0, f"{pattern!r} never came; the terminal showed {self.text()!r}"
+            if select.select([self.fd], [], [], remaining)[0]:
+                try:
+                    chunk = os.read(self.fd, 4096)
+                except OSError:  # the program ended and closed the terminal
+                    chunk = b""
+                assert chunk, f"the terminal closed before {pattern!r}; it showed {self.text()!r}"
+                self.shown += chunk
+        self.position = found + len(pattern)
+
+    def type(self, keys: str | bytes) -> None:
+        os.write(self.fd, keys.encode() if isinstance(keys, str) else keys)
+
+
+def _exit_code(pid: int, timeout: float) -> int | None:
+    """The exit code of child `pid` once it ends (None: still running after `timeout` seconds)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.05)
+    return None
+
+
+@pytest.mark.parametrize("end", [b"\x04", b"\x03"], ids=["ctrl-d", "ctrl-c"])
+def test_an_interactive_session_in_a_terminal(tmp_path, end):
+    """A pseudo-terminal that is the program's controlling terminal, as a shell gives it: Ctrl-C is SIGINT."""
+    record = held_out(1)[0]
+    (document,) = write_documents(tmp_path, [record])
+    command = [sys.executable, "-m", "shine_hf.cli", "chat", *MODEL, "--document", str(document),
+               "--context-template", TEMPLATE_ARG]
+    pid, primary = pty.fork()
+    if pid == 0:  # the child: a new session whose controlling terminal is the pseudo-terminal
+        os.execve(sys.executable, command, {**ENV, "TERM": "xterm"})
+    terminal = Terminal(primary)
+    code = None
+    try:
+        terminal.expect("/exit or Ctrl-D ends.")
+        terminal.expect("> ")
+        terminal.type(f"{record['questions'][0]}\n")
+        terminal.expect(f"{record['answers'][0]}\r\n")
+        terminal.expect("> ")
+        terminal.type("/context\n")
+        terminal.expect("In-context answers on")
+        terminal.type(f"{record['questions'][1]}\n")
+        terminal.expect(f"SHINE       {record['answers'][1]}\r\n")
+        terminal.expect(f"in context  {record['answers'][1]}\r\n")
+        terminal.expect("> ")
+        terminal.type(end)
+        code = _exit_code(pid, timeout=60)
+    finally:
+        if code is None:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(primary)
+    assert code == 0
+    assert b"Traceback" not in terminal.text() and b"Error" not in terminal.text()
+
+
+def _chat(arguments, lines):
+    return runner.invoke(app, ["chat", *MODEL, *arguments], input="".join(f"{line}\n" for line in lines))
+
+
+def test_documents_are_internalized_and_composed(tmp_path):
+    records = held_out(2)
+    documents = write_documents(tmp_path, records)
+    questions = [records[0]["questions"][0], records[1]["questions"][1]]
+    model = facts_model()
+    separate = model.internalize([record["context"] for record in records])
+    for method in ("concat", "mean"):
+        result = _chat(["-d", str(documents[0]), "-d", str(documents[1]), "--compose", method,
+                        "--max-new-tokens", "12"], questions)
+        assert result.exit_code == 0, result.output
+        composed = ShineAdapter.compose([separate[0], separate[1]], method)
+        assert result.stdout.splitlines() == model.generate_text(questions, adapter=composed, max_new_tokens=12)
+
+
+def test_documents_and_adapters_compose_together(tmp_path, saved_adapter):
+    records = held_out(2)
+    (_, second) = write_documents(tmp_path, records)
+    question = records[1]["questions"][0]
+    result = _chat(["--document", str(second), "--adapter", str(saved_adapter), "--compose", "mean"], [question])
+    assert result.exit_code == 0, result.output
+    model = facts_model()
+    composed = ShineAdapter.compose([model.internalize(records[1]["context"]),
+                                     ShineAdapter.from_pretrained(saved_adapter)], "mean")
+    assert result.stdout.splitlines() == [model.generate_text(question, adapter=composed, max_new_tokens=128)]
+
+
+def test_commands_through_a_pipe_keep_stdout_for_answers(tmp_path):
+    record = held_out(1)[0]
+    (document,) = write_documents(tmp_path, [record])
+    lines = ["/help", record["questions"][0], "/nope", "/context", record["questions"][1], "/exit",
+             record["questions"][2]]
+    result = _chat(["-d", str(document), "--context-template", TEMPLATE_ARG], lines)
+    assert result.exit_code == 0, result.output
+    # one line per question until /exit; with /context on: the SHINE answer, a tab, the in-context one
+    assert result.stdout.splitlines() == [record["answers"][0], f"{record['answers'][1]}\t{record['answers'][1]}"]
+    assert "/context" in result.stderr and "Unknown command /nope" in result.stderr
+    assert "In-context answers on" in result.stderr
+
+
+def test_context_too_long_for_the_backbone_says_so(tmp_path):
+    """A long document is chunked for SHINE; the in-context answer is refused with the token counts."""
+    records = held_out(20)
+    (tmp_path / "long.txt").write_text(long_document(records))
+    result = _chat(["-d", str(tmp_path / "long.txt"), "--max-new-tokens", "8"],
+                   ["/context", records[0]["questions"][0]])
+    assert result.exit_code == 0, result.output
+    (line,) = result.stdout.splitlines()
+    shine, in_context = line.split("\t")
+    assert shine and re.fullmatch(r"\(none: the prompt with the documents is \d+ tokens, and with 8 new tokens it "
+                                  r"exceeds the backbone's 512 positions\)", in_context), in_context
+
+
+def test_context_needs_documents(saved_adapter):
+    result = _chat(["--adapter", str(saved_adapter)], ["/context"])
+    assert result.exit_code == 0 and result.stdout == ""
+    assert "/context needs the documents' text" in result.stderr
+
+
+def test_ctrl_c_while_answering_ends_the_session_cleanly():
+    class Interrupting:
+        tokenizer = None
+
+        def generate_text(self, *args, **kwargs):
+            raise KeyboardInterrupt
+
+    session = ChatSession(Interrupting(), adapter=None, context=None, context_template="{context}{question}",
+                          max_new_tokens=4, interactive=False, notes=console)
+    lines = iter(["a question", "never read"])
+    session.run(lambda: next(lines))
+    assert next(lines) == "never read"
+
+
+@pytest.fixture(scope="module")
+def foreign_adapter(tmp_path_factory):
+    """An adapter of another backbone (a tiny random Qwen3)."""
+    directory = tmp_path_factory.mktemp("foreign") / "qwen3"
+    tiny_shine("qwen3").internalize("Tarsk is the capital of Veloria.").save_pretrained(directory)
+    return directory
+
+
+@pytest.mark.parametrize(
+    ("arguments", "fragment"),
+    [
+        ([], "Nothing to chat about: give --document FILE or --adapter DIR"),
+        (["-d", "{tmp}/missing.txt"], "No such document: {tmp}/missing.txt"),
+        (["-a", "{tmp}/no-adapter"], "{tmp}/no-adapter"),
+        (["-a", "{foreign}"], "The adapter {foreign} does not fit the model's backbone"),
+        (["-d", "{tmp}/doc.txt", "--dtype", "float8"], "Unknown dtype 'float8'"),
+        (["-d", "{tmp}/doc.txt", "--compose", "sum"], "--compose"),
+        (["-d", "{tmp}/doc.txt", "--max-new-tokens", "0"], "--max-new-tokens"),
+        (["-d", "{tmp}/doc.txt", "--model", "{tmp}/no-checkpoint"], "No such checkpoint directory"),
+    ],
+)
+def test_user_errors_are_one_line(tmp_path, foreign_adapter, arguments, fragment):
+    (tmp_path / "doc.txt").write_text("Mivebu lives in Hulvor.")
+    given = [argument.format(tmp=tmp_path, foreign=foreign_adapter) for argument in arguments]
+    result = _chat(given, ["Where does Mivebu live?"])
+    one_line_error(result, fragment.format(tmp=tmp_path, foreign=foreign_adapter))
+    assert result.stdout == ""
