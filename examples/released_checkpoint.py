@@ -55,7 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--converted-dir", default="shine-qwen3-8b-ift_mqa",
                         help="where the shine-hf checkpoint is written")
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--compute-dtype", default="float16", help="4-bit arithmetic dtype (float16 on a T4)")
+    parser.add_argument("--compute-dtype", default="float16",
+                        help="4-bit arithmetic dtype (float16 on a T4, which lacks native bfloat16 support)")
     parser.add_argument("--document", default=DOCUMENT)
     parser.add_argument("--document-file", type=Path, help="read the document from this file instead")
     parser.add_argument("--question", dest="questions", action="append",
@@ -88,8 +89,10 @@ def run(args: argparse.Namespace) -> None:
     adapter = model.internalize(args.document)
     print(f"internalize: {time.perf_counter() - start:.2f} s -> {adapter}")
     answers = model.generate_text(args.questions, adapter=adapter, max_new_tokens=args.max_new_tokens)
-    for question, answer in zip(args.questions, answers, strict=True):
-        print(f"Q: {question}\n   SHINE: {answer}")
+    without = model.generate_text(args.questions, system_prompt=model.config.system_prompt,
+                                  max_new_tokens=args.max_new_tokens)
+    for question, answer, alone in zip(args.questions, answers, without, strict=True):
+        print(f"Q: {question}\n   SHINE: {answer}\n   question alone: {alone}")
 
     # 4. Merging into 4-bit weights is refused before anything changes
     try:

@@ -13,6 +13,8 @@ real Hub models; tests/test_notebooks.py replaces it with `shine_hf.testing.exam
 from __future__ import annotations
 
 import argparse
+import ast
+import json
 import sys
 import textwrap
 import tomllib
@@ -71,10 +73,13 @@ if CONVERT_FROM is not None and not Path(SHINE_MODEL).is_dir():
     # shine-hf checkpoint (05_released_checkpoints.ipynb explains the conversion).
     convert_reference_checkpoint(CONVERT_FROM, BACKBONE, SHINE_MODEL)"""
 
+TINY_PARAMETER = 'TINY = False  # True: the offline toy models (the tests set it; skips the install)'
+
 CONVERTED_MODEL_PARAMETERS = '''\
 SHINE_MODEL = "shine-qwen3-8b-ift_mqa"  # a shine-hf checkpoint: a local directory or a Hub repo id
 CONVERT_FROM = "Yewei-Liu/SHINE-ift_mqa"  # converted into SHINE_MODEL when that directory is missing (or None)
-BACKBONE = "Qwen/Qwen3-8B"  # the backbone the released hypernetwork was trained for'''
+BACKBONE = "Qwen/Qwen3-8B"  # the backbone the released hypernetwork was trained for
+DTYPE = "bfloat16"  # the backbone's dtype'''
 
 QWEN3_8B_HARDWARE = """\
 **Hardware.** The defaults load the paper's hypernetwork for Qwen/Qwen3-8B with the backbone in bfloat16:
@@ -84,11 +89,42 @@ Colab's A100 runtime); 24 GB (L4) is at the limit. On a free Colab T4 (16 GB), s
 `05_released_checkpoints.ipynb`, which loads the backbone in 4 bits."""
 
 
+def twin_constant(script: str, name: str) -> object:
+    """The value of the module-level constant `name` in examples/<script> (read, not imported): the
+    plain-script twins and their notebooks share their default documents and questions this way."""
+    tree = ast.parse((EXAMPLES / script).read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == name for t in node.targets):
+            return ast.literal_eval(node.value)
+    raise LookupError(f"examples/{script} defines no {name}")
+
+
+def assignment(name: str, value: object, width: int = 100) -> str:
+    """`name = value` as source: a long string split into implicitly joined pieces of about `width`
+    characters, a list of strings one item per line."""
+    if isinstance(value, list):
+        return "\n".join([f"{name} = [", *(f"    {json.dumps(v, ensure_ascii=False)}," for v in value), "]"])
+    if not isinstance(value, str) or len(value) <= width:
+        return f"{name} = {json.dumps(value, ensure_ascii=False)}"
+    pieces, current = [], ""
+    for word in value.split(" "):
+        if current and len(current) + len(word) > width:
+            pieces.append(current)
+            current = ""
+        current += word + " "
+    pieces.append(current[:-1])
+    return "\n".join([f"{name} = (", *(f"    {json.dumps(p, ensure_ascii=False)}" for p in pieces), ")"])
+
+
 # Shared passages, written into cell sources where their <<NAME>> marker stands (after dedenting).
 SNIPPETS = {
     "<<HARDWARE>>": QWEN3_8B_HARDWARE,
     "<<CONVERTED_MODEL_PARAMETERS>>": CONVERTED_MODEL_PARAMETERS,
     "<<LOAD_CONVERTED>>": LOAD_CONVERTED,
+    "<<QUICKSTART_DOCUMENT>>": assignment("DOCUMENT", twin_constant("quickstart.py", "DOCUMENT")),
+    "<<QUICKSTART_QUESTION>>": assignment("QUESTION", twin_constant("quickstart.py", "QUESTION")),
+    "<<RELEASED_DOCUMENT>>": assignment("DOCUMENT", twin_constant("released_checkpoint.py", "DOCUMENT")),
+    "<<RELEASED_QUESTIONS>>": assignment("QUESTIONS", twin_constant("released_checkpoint.py", "QUESTIONS")),
 }
 Cell = tuple[str, str, tuple[str, ...]]
 
@@ -109,7 +145,13 @@ def code(text: str, *tags: str) -> Cell:
 
 
 def header(stem: str, title: str, summary: str) -> list[Cell]:
-    return [md(f"# {title}\n\n{colab_badge(stem)}\n\n{SHINE_INTRO}\n\n{_source(summary)}")]
+    """The title cell (badge, what SHINE is, what the notebook does) and the parameters note."""
+    return [md(f"# {title}\n\n{colab_badge(stem)}\n\n{SHINE_INTRO}\n\n{_source(summary)}"), md(PARAMETERS_NOTE)]
+
+
+def parameters(text: str, extras: str) -> list[Cell]:
+    """The parameters cell (TINY first) and the install cell that TINY turns off."""
+    return [code(f"{TINY_PARAMETER}\n{_source(text)}", "parameters"), md(INSTALL_NOTE), code(install_source(extras))]
 
 
 # --------------------------------------------------------------------------------------- 01
@@ -122,26 +164,16 @@ QUICKSTART = [
 
         <<HARDWARE>>
         """),
-    md(PARAMETERS_NOTE),
-    code('''
-        TINY = False  # True: the offline toy models (the tests set it; skips the install)
+    *parameters('''
         <<CONVERTED_MODEL_PARAMETERS>>
-        DTYPE = "bfloat16"  # the backbone's dtype
         DEVICE_MAP = "auto"  # where the backbone goes (None: the CPU)
-        DOCUMENT = (
-            "The Halvorsen Institute opened its new observatory on Mount Tiren on 9 October 2024. The main "
-            "telescope, named Aster, has a 4.2-metre mirror that was cast in Jena and paid for by the Lindqvist "
-            "shipping family. Its first target was the comet C/2023 A3. The observatory is run by Dr. Ines "
-            "Marrow, who previously led the radio array at Kelso."
-        )
-        QUESTION = "Who runs the observatory on Mount Tiren?"
+        <<QUICKSTART_DOCUMENT>>
+        <<QUICKSTART_QUESTION>>
         CONTEXT_TEMPLATE = None  # the in-context prompt; None: the paper's "Reference: ..." template
         MAX_NEW_TOKENS = 32
         ADAPTER_DIR = "my-first-shine-adapter"  # where the adapter is saved
         PUSH_TO = "my-first-shine-adapter"  # the Hub repo it is pushed to (under your account)
-        ''', "parameters"),
-    md(INSTALL_NOTE),
-    code(install_source("")),
+        ''', ""),
     md("""
         ## 1. Load the hypernetwork
 
@@ -215,7 +247,7 @@ QUICKSTART = [
 
         Nothing SHINE-specific is needed to use the saved adapter: `peft.PeftModel.from_pretrained` loads it
         onto the backbone (here the one already in memory; PEFT wraps its projections in place). Its logits
-        match the live adapter's up to rounding (float32: about 1e-6; bfloat16 is much coarser).
+        match the live adapter's up to rounding (in float32, a few millionths; bfloat16 is much coarser).
         """),
     code("""
         from peft import PeftModel
@@ -283,9 +315,7 @@ TRAIN = [
         access); in the tests' tiny mode it trains a hypernetwork for the shipped 1.3M-parameter toy
         backbone for 8 steps on a CPU.
         """),
-    md(PARAMETERS_NOTE),
-    code('''
-        TINY = False  # True: the offline toy models (the tests set it; skips the install)
+    *parameters('''
         BACKBONE = "Qwen/Qwen3-0.6B"  # any supported decoder: Qwen3, Qwen2, Llama, Mistral, Gemma, Phi-3, GPT-2
         BACKBONE_DTYPE = "float32"  # "bfloat16" on GPUs that support it (A100, L4) is faster
         TRAIN_DATA = "rajpurkar/squad"  # a Hub QA dataset (SQuAD, HotpotQA, MS MARCO, MuSiQue) or a JSONL file
@@ -298,7 +328,7 @@ TRAIN = [
         METALORA_RANK = 128  # rank R of the meta-LoRA used while reading
         M2P_LAYERS = 4  # layers of the memory-to-parameter transformer (even)
         LORA_SCALE = 0.001  # scale s of the generated LoRA
-        LEARNING_RATE = 1e-4
+        LEARNING_RATE = 1e-4  # a starting point, not tuned
         MAX_STEPS = 500  # optimizer steps
         BATCH_SIZE = 4
         GRADIENT_ACCUMULATION = 4  # effective batch: BATCH_SIZE x GRADIENT_ACCUMULATION
@@ -307,9 +337,7 @@ TRAIN = [
         OUTPUT_DIR = "shine-qwen3-0.6b-squad"  # the trained checkpoint goes here
         CONTEXT_TEMPLATE = None  # the in-context prompt; None: the paper's "Reference: ..." template
         MAX_NEW_TOKENS = 32
-        ''', "parameters"),
-    md(INSTALL_NOTE),
-    code(install_source("train,eval")),
+        ''', "train,eval"),
     md("""
         ## 1. Training data
 
@@ -419,11 +447,8 @@ EVALUATE = [
 
         <<HARDWARE>>
         """),
-    md(PARAMETERS_NOTE),
-    code('''
-        TINY = False  # True: the offline toy models (the tests set it; skips the install)
+    *parameters('''
         <<CONVERTED_MODEL_PARAMETERS>>
-        DTYPE = "bfloat16"  # the backbone's dtype
         DEVICE = "cuda"
         DATA = "rajpurkar/squad"  # a Hub QA dataset (SQuAD, HotpotQA, MS MARCO, MuSiQue layouts) or a JSONL file
         SPLIT = "validation"
@@ -434,9 +459,7 @@ EVALUATE = [
         CONTEXT_TEMPLATE = None  # the in-context prompt; None: the paper's "Reference: ..." template
         MAX_NEW_TOKENS = 32
         OUTPUT = "results.json"  # resumed if it already holds this run
-        ''', "parameters"),
-    md(INSTALL_NOTE),
-    code(install_source("eval")),
+        ''', "eval"),
     md("""
         ## 1. The model
 
@@ -533,11 +556,8 @@ LONG_DOCUMENTS = [
 
         <<HARDWARE>>
         """),
-    md(PARAMETERS_NOTE),
-    code('''
-        TINY = False  # True: the offline toy models (the tests set it; skips the install)
+    *parameters('''
         <<CONVERTED_MODEL_PARAMETERS>>
-        DTYPE = "bfloat16"  # the backbone's dtype
         DEVICE_MAP = "auto"  # where the backbone goes (None: the CPU)
         DATA = "dgslibisey/MuSiQue"  # multi-paragraph documents (about 20 paragraphs per question)
         SPLIT = "validation"
@@ -546,9 +566,7 @@ LONG_DOCUMENTS = [
         CHUNK_TOKENS = 512  # tokens per reading pass
         CONTEXT_TEMPLATE = None  # the in-context prompt; None: the paper's "Reference: ..." template
         MAX_NEW_TOKENS = 32
-        ''', "parameters"),
-    md(INSTALL_NOTE),
-    code(install_source("eval")),
+        ''', "eval"),
     md("## 1. The model and the documents"),
     code("""
         from pathlib import Path
@@ -594,16 +612,15 @@ LONG_DOCUMENTS = [
 
         `compose=None` returns one adapter per chunk. `ShineAdapter.compose` combines any adapters of the
         same backbone: `"concat"` (the sum of the deltas, rank adds up), `"mean"` (their average) or
-        `"weighted"`. `to_rank(r)` gives the best rank-r approximation of an adapter (truncated SVD): a
-        smaller standard PEFT adapter.
+        `"weighted"` (one weight per adapter). For a smaller file, `adapter.to_rank(r)` gives the best rank-r
+        approximation of every module's delta; it takes the SVD of each dense ΔW in float64, which is quick
+        for small backbones and takes a while for an 8B one, so it is not run here.
         """),
     code("""
         pieces = model.internalize(document, chunk_tokens=CHUNK_TOKENS, compose=None)
         concat = ShineAdapter.compose(list(pieces), "concat")
         mean = ShineAdapter.compose(list(pieces), "mean")
-        small = concat.to_rank(model.config.lora_rank)
-        print(f"{len(pieces)} chunk adapters of rank {pieces.rank}; concat: rank {concat.rank}, mean: rank "
-              f"{mean.rank}, to_rank: rank {small.rank}")
+        print(f"{len(pieces)} chunk adapters of rank {pieces.rank}; concat: rank {concat.rank}, mean: rank {mean.rank}")
         layer, name = 0, model.targets[0].name
         gap = (concat.delta_weight(layer, name) - adapter.delta_weight(layer, name)).abs().max().item()
         print(f"compose(chunks, 'concat') vs internalize(..., compose='concat'): largest |ΔW difference| {gap:.1e}")
@@ -636,17 +653,17 @@ LONG_DOCUMENTS = [
 
         template = CONTEXT_TEMPLATE or IN_CONTEXT_TEMPLATE
         system = model.config.system_prompt
-        predictions = {"SHINE, chunks concat": [], "SHINE, chunks mean": [], f"SHINE, concat -> rank {small.rank}": [],
-                       "document in the prompt": [], "question alone": []}
+        predictions = {"SHINE, chunks concat": [], "SHINE, chunks mean": [], "document in the prompt": [],
+                       "question alone": []}
         golds = []
         for document, qa in documents.items():
             asked = [question for question, _ in qa]
             golds += [list(gold) for _, gold in qa]
             chunk_adapters = list(model.internalize(document, chunk_tokens=CHUNK_TOKENS, compose=None))
-            summed = ShineAdapter.compose(chunk_adapters, "concat")
-            composed = (summed, ShineAdapter.compose(chunk_adapters, "mean"), summed.to_rank(model.config.lora_rank))
-            for name, composition in zip(list(predictions)[:3], composed):
-                predictions[name] += model.generate_text(asked, adapter=composition, max_new_tokens=MAX_NEW_TOKENS)
+            for method in ("concat", "mean"):
+                composition = ShineAdapter.compose(chunk_adapters, method)
+                predictions[f"SHINE, chunks {method}"] += model.generate_text(asked, adapter=composition,
+                                                                             max_new_tokens=MAX_NEW_TOKENS)
             predictions["document in the prompt"] += model.generate_text(
                 asked, context=document, context_template=template, system_prompt=system, max_new_tokens=MAX_NEW_TOKENS)
             predictions["question alone"] += model.generate_text(asked, system_prompt=system,
@@ -667,34 +684,23 @@ RELEASED = [
         Hub access were available, and its tests run it with the shipped toy models instead. By arithmetic on
         the shapes: Qwen3-8B in 4 bits is about 6 GB (its projections at half a byte per weight, the
         embeddings and output layer at 2 bytes), the hypernetwork 0.9 to 1.2 billion parameters (3.5 to
-        5 GB in float32), which leaves a few GB of the T4's memory for activations. The download is the
-        backbone's 16 GB of bfloat16 safetensors (quantized while loading) plus the hypernetwork's files.
+        5 GB in float32, depending on the rank of its instruction-tuning meta-LoRA), which leaves a few GB
+        of the T4's memory for activations. The conversion holds the released tensors and the new
+        hypernetwork in CPU memory at once, roughly twice that size, within a free Colab's 12 GB. The
+        download is the backbone's 16 GB of bfloat16 safetensors (quantized while loading) plus the
+        hypernetwork's files.
         """),
-    md(PARAMETERS_NOTE),
-    code('''
-        TINY = False  # True: the offline toy models (the tests set it; skips the install)
+    *parameters('''
         RELEASED_HYPERNETWORK = "Yewei-Liu/SHINE-ift_mqa"  # reference-format checkpoint: Hub repo or local directory
         BACKBONE = "Qwen/Qwen3-8B"  # the backbone it was trained for
         LORA_SCALE = 0.001  # the reference's LoRA scale s (not stored in the released files)
         CONVERTED_DIR = "shine-qwen3-8b-ift_mqa"  # where the shine-hf checkpoint is written
         DEVICE = "cuda"
-        COMPUTE_DTYPE = "float16"  # the T4 has no bfloat16 arithmetic; bfloat16 on A100/L4
-        DOCUMENT = (
-            "Marisol Vance founded the bakery Crumb & Kiln in Porto in 2016. The bakery is known for a rye loaf "
-            "fermented for 36 hours, and it employs eleven people. In 2022 it opened a second shop in Braga, "
-            "managed by Vance's cousin Teodor. Every loaf is baked in a wood-fired oven built by the mason "
-            "Aurelio Pinto."
-        )
-        QUESTIONS = [
-            "Who founded Crumb & Kiln?",
-            "In which city is the second shop?",
-            "How long is the rye loaf fermented?",
-            "Who built the oven?",
-        ]
+        COMPUTE_DTYPE = "float16"  # the T4 lacks native bfloat16 support; "bfloat16" on A100 / L4
+        <<RELEASED_DOCUMENT>>
+        <<RELEASED_QUESTIONS>>
         MAX_NEW_TOKENS = 32
-        ''', "parameters"),
-    md(INSTALL_NOTE),
-    code(install_source("quantization")),
+        ''', "quantization"),
     md("""
         ## 1. Convert the released checkpoint
 
