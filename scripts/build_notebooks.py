@@ -217,7 +217,7 @@ QUICKSTART = [
         - **document in the prompt** (in-context): what SHINE tries to match without the document's tokens;
         - **question alone**: what the backbone knows without the document.
 
-        The two baselines use the checkpoint's system prompt, as the paper's evaluation does.
+        The two baselines use the checkpoint's system prompt, as `shine eval` does.
         """),
     code("""
         template = CONTEXT_TEMPLATE or IN_CONTEXT_TEMPLATE

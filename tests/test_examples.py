@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_notebooks import _kernel_environment
+from test_notebooks import offline_environment
 
 from shine_hf.testing.examples import NOTEBOOKS, held_out_facts, tiny_parameters
 
@@ -18,7 +18,7 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 def run_script(name: str, workdir: Path) -> str:
     """`python examples/<name> --tiny` in `workdir`, offline and without a Hub token; its output."""
     result = subprocess.run([sys.executable, str(EXAMPLES / name), "--tiny"], cwd=workdir, capture_output=True,
-                            text=True, timeout=300, env=_kernel_environment(workdir))
+                            text=True, timeout=300, env=offline_environment(workdir))
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
 

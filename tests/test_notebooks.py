@@ -41,7 +41,7 @@ def _parameters_cell(notebook: nbformat.NotebookNode) -> nbformat.NotebookNode:
     return cells[0]
 
 
-def _kernel_environment(workdir: Path) -> dict[str, str]:
+def offline_environment(workdir: Path) -> dict[str, str]:
     """The test process's environment, offline, with no Hub token and a Hub home of its own.
 
     One torch thread: the toy models gain nothing from more, and on a shared machine threads that spin
@@ -66,7 +66,7 @@ def run_tiny(stem: str, workdir: Path, probe: dict[str, str]) -> tuple[dict, str
     client = NotebookClient(notebook, timeout=CELL_TIMEOUT, kernel_name="python3",
                             resources={"metadata": {"path": str(workdir)}})
     start = time.perf_counter()
-    client.execute(env=_kernel_environment(workdir))
+    client.execute(env=offline_environment(workdir))
     print(f"{stem}: {time.perf_counter() - start:.1f} s")
     printed = "\n".join(output.get("text", "") + output.get("data", {}).get("text/plain", "")
                         for cell in notebook.cells[:-1] if cell.cell_type == "code" for output in cell.outputs)
