@@ -8,7 +8,8 @@ Shapes: A (b, in, r), B (b, r, out), C (b, out). One module's delta is ΔW = A B
   stacked on the rank axis and each B_i is scaled by w_i (rank Σ r_i). `concat` is w_i = 1 (the sum
   of the deltas), `mean` is w_i = 1/k (their average).
 - `truncate_rank(lora, rank)`: the best rank-`rank` approximation of each ΔW in the Frobenius norm
-  (truncated SVD, Eckart-Young), split evenly as A = U √S, B = √S Vᵀ; biases unchanged.
+  (truncated SVD, Eckart-Young, taken through the factors' QR), split evenly as A = U √S,
+  B = √S Vᵀ; biases unchanged.
 - `pad_rank(lora, rank)`: zero rank columns, so adapters of different ranks stack into one batch
   (the delta is unchanged: the extra columns multiply zeros).
 """
@@ -62,8 +63,11 @@ def compose_loras(loras: Sequence[LoraDict], weights: Sequence[float]) -> dict[i
 def truncate_rank(lora: LoraDict, rank: int) -> dict[int, dict[str, LoraWeights]]:
     """Each module's ΔW = A B replaced by its best rank-`rank` approximation (truncated SVD); C kept.
 
-    Computed in float64 and returned in the input's dtype. `rank` may not exceed the current rank
-    (use `pad_rank` to grow it)."""
+    The SVD of ΔW is taken through its factors, never the dense (in, out) matrix: with A = Q_a R_a
+    and Bᵀ = Q_b R_b (thin QR), ΔW = Q_a (R_a R_bᵀ) Q_bᵀ, so the singular values and vectors of ΔW are
+    those of the small (k, k) matrix R_a R_bᵀ mapped through Q_a and Q_b — O((in + out) k²) instead of
+    O(in · out · min(in, out)), the same optimum. Computed in float64, returned in the input's dtype.
+    `rank` may not exceed the current rank (use `pad_rank` to grow it)."""
     truncated: dict[int, dict[str, LoraWeights]] = {}
     for layer, modules in lora.items():
         truncated[layer] = {}
@@ -74,11 +78,12 @@ def truncate_rank(lora: LoraDict, rank: int) -> dict[int, dict[str, LoraWeights]
                     f"Cannot re-factorise a rank-{current} LoRA to rank {rank}: the best approximation of rank "
                     f"{rank} is the LoRA itself; pad it instead (pad_rank) if a larger rank is needed."
                 )
-            delta = w.A.double() @ w.B.double()  # (b, in, out)
-            U, S, Vh = torch.linalg.svd(delta, full_matrices=False)
+            Q_a, R_a = torch.linalg.qr(w.A.double())  # (b, in, k), (b, k, k)
+            Q_b, R_b = torch.linalg.qr(w.B.double().transpose(-1, -2))  # (b, out, k), (b, k, k)
+            U, S, Vh = torch.linalg.svd(R_a @ R_b.transpose(-1, -2))  # (b, k, k) each
             root = S[..., :rank].sqrt()
-            A = (U[..., :rank] * root[..., None, :]).to(w.A.dtype)
-            B = (root[..., :, None] * Vh[..., :rank, :]).to(w.B.dtype)
+            A = ((Q_a @ U[..., :rank]) * root[..., None, :]).to(w.A.dtype)  # (b, in, rank)
+            B = (root[..., :, None] * (Vh[..., :rank, :] @ Q_b.transpose(-1, -2))).to(w.B.dtype)  # (b, rank, out)
             truncated[layer][name] = LoraWeights(A, B, w.C)
     return truncated
 
