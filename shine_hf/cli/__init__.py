@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import logging
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -127,6 +128,9 @@ class ShineGroup(TyperGroup):
 
     def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
              complete_var: str | None = None, standalone_mode: bool = True, **extra: Any) -> Any:
+        # bitsandbytes (imported by PEFT when installed) warns at import on some CPUs that an optional
+        # kernel cannot be downloaded; it changes nothing for the user, so the command line hides it.
+        logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         try:
