@@ -7,7 +7,11 @@ writes one answer per line on stdout (everything else goes to stderr), so it can
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import sys
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,11 +142,39 @@ def _listing(names: list[str]) -> str:
     return names[0] if len(names) == 1 else f"{len(names)} sources ({', '.join(names)})"
 
 
+def _make_ctrl_c_end_the_prompt() -> None:
+    """Make a Ctrl-C at the prompt end the chat at once.
+
+    Python notices a SIGINT in the main thread only between bytecodes or when a system call returns
+    EINTR. One that lands between readline printing the prompt and entering its `select` (which has
+    no timeout), or in another thread (torch's workers), would wait for the next key press. The
+    C-level handler writes the signal's number to the wakeup fd; a watcher thread then pokes the
+    main thread with SIGWINCH for a moment: inside readline that interrupts `select`, which raises
+    the pending KeyboardInterrupt; anywhere else SIGWINCH is ignored.
+    """
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_kill"):
+        return
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    main_thread = threading.main_thread().ident
+
+    def watch() -> None:
+        while received := os.read(read_end, 64):
+            if signal.SIGINT in received:
+                for _ in range(40):  # 2 s of pokes, 50 ms apart: one lands while `select` waits
+                    signal.pthread_kill(main_thread, signal.SIGWINCH)
+                    time.sleep(0.05)
+
+    threading.Thread(target=watch, name="shine-chat-ctrl-c", daemon=True).start()
+
+
 def _terminal_reader() -> Callable[[], str | None]:
     try:
         import readline  # noqa: F401  (line editing and history for input())
     except ImportError:  # not on every platform
         pass
+    _make_ctrl_c_end_the_prompt()
 
     def read() -> str | None:
         try:
