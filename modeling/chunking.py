@@ -66,7 +66,9 @@ def chunk_spans(
 
 def split_text(text: str, tokenizer: Any, chunk_tokens: int, overlap_tokens: int) -> list[str]:
     """`text` as chunk texts of at most `chunk_tokens` tokens (without the tokenizer's special tokens)."""
-    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    # verbose=False: a document longer than the tokenizer's model_max_length is expected here (it is
+    # what chunking is for), so no "indexing errors" warning.
+    encoding = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
     offsets: Sequence[tuple[int, int]] = encoding["offset_mapping"]
     if not offsets:
         return [text]

@@ -151,3 +151,12 @@ def test_bad_chunking_arguments_are_clear_errors(model):
         model.internalize(LONG, chunk_tokens=32, compose="sum")
     with pytest.raises(InvalidInputError, match="one document"):
         model.internalize([LONG, LONG], chunk_tokens=32, compose=None)
+
+
+def test_splitting_a_long_text_does_not_warn_about_the_tokenizers_length_limit(caplog):
+    from shine_hf.testing import build_chat_tokenizer
+
+    tokenizer = build_chat_tokenizer()
+    tokenizer.model_max_length = 16  # LONG is far longer: the whole text is tokenized once, to cut it
+    assert len(split_text(LONG, tokenizer, 48, 0)) > 3
+    assert "indexing errors" not in caplog.text
