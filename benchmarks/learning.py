@@ -249,8 +249,13 @@ def main(argv=None) -> int:
     (out / "learning_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "losses.json").write_text(json.dumps(losses) + "\n")
     if losses:
+        c = model.config  # with --from, the sizes are the checkpoint's, not the command line's
+        compose = ""
+        if args.compose_chunks > 1:
+            compose = f", composition-aware (K={args.compose_chunks}, {args.compose_method})"
         plot(losses, Path(args.plot) if args.plot else out / "loss.png",
-             f"SHINE on facts-llama: r={args.lora_rank} R={args.metalora_rank} M2P={args.m2p_layers} s={args.scale}")
+             f"SHINE on facts-llama: r={c.lora_rank} R={c.metalora_rank} M2P={c.m2p_num_layers} s={c.lora_scale:g}"
+             f"{compose}")
     print("\n| mode | F1 | EM | n |\n|---|---|---|---|")
     for mode, s in final.items():
         print(f"| {mode} | {s['f1']:.3f} | {s['em']:.3f} | {s['n']} |")

@@ -14,6 +14,7 @@ document; the script checks that). F1 (SQuAD) is reported per chunk position for
   whole document: reading it unchunked);
 - `chunked <rule>` for each hypernetwork (`--hypernetwork NAME=PATH`, repeatable) and each
   composition rule (concat, mean): every chunk read, the chunk LoRAs composed into one adapter;
+  `chunked <rule>, to_rank(r)`: that adapter re-factorised to the rank of one chunk's (truncated SVD);
 - `in-context`: the backbone with the whole document in its prompt, where it still fits its
   positions (4 chunks; 16 do not fit);
 - `single chunk`: each chunk internalized alone and asked its own questions: the ceiling.
@@ -82,11 +83,13 @@ def answer(model: ShineForCausalLM, questions: Sequence[str], adapter: ShineAdap
                                **kwargs)
 
 
-def chunked(rule: str, chunk_tokens: int) -> Callable[[ShineForCausalLM, dict[str, Any]], list[str]]:
+def chunked(rule: str, chunk_tokens: int, rank: int | None = None) -> Callable[[ShineForCausalLM, dict[str, Any]],
+                                                                               list[str]]:
+    """Read the document in chunks, compose with `rule` (and re-factorise to `rank`), answer every question."""
     def run(model, document):
         adapter = model.internalize(document["context"], chunk_tokens=chunk_tokens, compose=rule,
                                     show_progress=False)
-        return answer(model, document["questions"], adapter)
+        return answer(model, document["questions"], adapter if rank is None else adapter.to_rank(rank))
     return run
 
 
@@ -202,30 +205,45 @@ def print_table(sizes: dict[str, dict[str, Any]]) -> None:
             print(f"| {name} | {row['f1']:.3f} | {min(row['per_position']):.3f} | {cells} |")
 
 
-def plot(sizes: dict[str, dict[str, Any]], path: Path) -> None:
+BASELINE_LEGENDS = {"first chunk": "first chunk only (truncation)", "one read": "one read (as many tokens as fit)",
+                    "single chunk": "each chunk alone, own questions (ceiling)",
+                    "in-context (backbone)": "in-context, whole document (backbone)"}
+
+
+def plot(sizes: dict[str, dict[str, Any]], hypernetworks: Sequence[str], path: Path) -> None:
+    """F1 per chunk position: the chunked rules of every hypernetwork (one line style each), the
+    baselines of the first (colour per condition); the to_rank rows are in the table only."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(sizes), figsize=(6 * len(sizes), 4.6), sharey=True, squeeze=False)
-    names = list(dict.fromkeys(name for result in sizes.values() for name in result["conditions"]))
-    colors = {name: plt.cm.tab10(i % 10) for i, name in enumerate(names)}
+    colors = {"single chunk": "black", "in-context (backbone)": "tab:purple", "first chunk": "tab:gray",
+              "one read": "tab:brown", "chunked concat": "tab:blue", "chunked mean": "tab:orange"}
+    styles = ["--", "-", ":", "-."]
+    fig, axes = plt.subplots(1, len(sizes), figsize=(6.2 * len(sizes), 4.4), sharey=True, squeeze=False)
     for ax, (size, result) in zip(axes[0], sizes.items(), strict=True):
         for name, row in result["conditions"].items():
-            x = range(1, len(row["per_position"]) + 1)
-            style = "--" if name.startswith(("single", "in-context")) else ":" if "chunk" not in name else "-"
-            ax.plot(x, row["per_position"], style, marker="o", markersize=3, color=colors[name],
-                    label=f"{name} ({row['f1']:.2f})")
-        ax.set_title(f"{size} chunks per document")
-        ax.set_xlabel("chunk position in the document")
+            label, _, owner = name.partition(" [")
+            owner = owner.rstrip("]")
+            index = hypernetworks.index(owner) if owner else 0
+            if label not in colors or (index and not label.startswith("chunked")):
+                continue
+            chunked_rule = label.startswith("chunked")
+            legend = f"{label} [{owner}]" if chunked_rule else BASELINE_LEGENDS.get(label, label)
+            ax.plot(range(1, len(row["per_position"]) + 1), row["per_position"],
+                    styles[index % len(styles)] if chunked_rule else "-", color=colors[label],
+                    marker="o" if chunked_rule else None, markersize=3.5, linewidth=1.6,
+                    label=legend if size == next(iter(sizes)) else None)
+        ax.set_title(f"{size} facts documents joined, read in {size} chunks", fontsize=10)
+        ax.set_xlabel("chunk position in the long document")
         ax.set_xticks(range(1, int(size) + 1))
         ax.set_ylim(-0.02, 1.05)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="center right")
-    axes[0][0].set_ylabel("answer F1 (questions about that chunk)")
-    fig.suptitle("facts-llama + SHINE: F1 per chunk position (mean F1 in brackets)", fontsize=10)
-    fig.tight_layout()
+    axes[0][0].set_ylabel("answer F1 on the questions about that chunk")
+    fig.legend(loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.suptitle("SHINE on facts-llama: long documents read in chunks, chunk LoRAs composed", fontsize=11)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
@@ -263,6 +281,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 conditions[f"{label} [{name}]"] = score(model, documents, method)
             for rule in RULES:
                 conditions[f"chunked {rule} [{name}]"] = score(model, documents, chunked(rule, chunk_tokens))
+            rank = model.config.lora_rank
+            for rule in RULES:
+                conditions[f"chunked {rule}, to_rank({rank}) [{name}]"] = score(model, documents,
+                                                                               chunked(rule, chunk_tokens, rank))
             conditions[f"single chunk [{name}]"] = score(model, documents, single_chunks)
             print(f"{size} chunks, {name}: " + ", ".join(f"{k} {v['f1']:.3f}" for k, v in conditions.items()
                                                          if k.endswith(f"[{name}]")), flush=True)
@@ -290,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.output:
         Path(args.output).write_text(json.dumps(summary, indent=1) + "\n")
     if args.plot:
-        plot(sizes, Path(args.plot))
+        plot(sizes, list(hypernetworks), Path(args.plot))
     return 0
 
 
