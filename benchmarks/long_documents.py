@@ -19,6 +19,9 @@ document; the script checks that). F1 (SQuAD) is reported per chunk position for
   positions (4 chunks; 16 do not fit);
 - `single chunk`: each chunk internalized alone and asked its own questions: the ceiling.
 
+Besides F1, each condition reports how often an answer is another part's answer to the same kind
+of question (another person's city, ...): facts that were kept but attached to the wrong person.
+
 Each long document is asked all its questions with the one adapter built from it. Documents are
 drawn in `K // 4` seeded orders of the 100 test documents (so every position gets ~150
 questions at both sizes). Then peak memory: in fresh processes, the peak resident set (Linux
@@ -49,7 +52,7 @@ from shine_hf.assets import FACTS_BACKBONE, FACTS_CONTEXT_TEMPLATE, FACTS_DATA, 
 from shine_hf.evaluation.metrics import f1_score
 from shine_hf.modeling.chunking import split_text
 from shine_hf.modeling.configuration_shine import DEFAULT_SYSTEM_PROMPT
-from shine_hf.testing.facts import synthetic_facts
+from shine_hf.testing.facts import fact_attribute, synthetic_facts
 
 RULES = ("concat", "mean")
 MAX_NEW_TOKENS = 8  # the longest answer ("12 November 1974", "188 cm") is 3 tokens
@@ -124,20 +127,32 @@ def fits_in_context(model: ShineForCausalLM, document: dict[str, Any]) -> bool:
     return length <= model.backbone.config.max_position_embeddings
 
 
+def other_chunks_answers(document: dict[str, Any]) -> list[set[str]]:
+    """Per question: the answers to the same kind of question (city, height, ...) about the OTHER parts."""
+    kinds = [fact_attribute(q) for q in document["questions"]]
+    return [{a for a, k, p in zip(document["answers"], kinds, document["positions"], strict=True)
+             if k == kind and p != position}
+            for kind, position in zip(kinds, document["positions"], strict=True)]
+
+
 def score(model: ShineForCausalLM, documents: list[dict[str, Any]], method) -> dict[str, Any]:
-    """F1 per chunk position and overall of `method(model, document) -> answers` on `documents`."""
+    """F1 per chunk position and overall of `method(model, document) -> answers` on `documents`, and the
+    share of answers that are another part's answer to the same kind of question (facts mixed up)."""
     by_position: dict[int, list[float]] = {}
+    mixed_up = 0
     start = time.perf_counter()
     with torch.no_grad():
         for document in documents:
             predictions = method(model, document)
-            for prediction, reference, position in zip(predictions, document["answers"], document["positions"],
-                                                       strict=True):
+            for prediction, reference, position, others in zip(
+                    predictions, document["answers"], document["positions"], other_chunks_answers(document),
+                    strict=True):
                 by_position.setdefault(position, []).append(f1_score(prediction, reference))
+                mixed_up += prediction.strip() != reference and prediction.strip() in others
     per_position = [statistics.fmean(by_position[p]) for p in sorted(by_position)]
     every = [f for values in by_position.values() for f in values]
     return {"f1": statistics.fmean(every), "per_position": per_position, "n": len(every),
-            "seconds": round(time.perf_counter() - start, 1)}
+            "other_chunks_answer": mixed_up / len(every), "seconds": round(time.perf_counter() - start, 1)}
 
 
 def check_chunks(model: ShineForCausalLM, documents: list[dict[str, Any]], chunk_tokens: int) -> bool:
@@ -155,7 +170,7 @@ sys.path.insert(0, {here!r})
 from long_documents import long_documents
 from shine_hf import ShineForCausalLM
 from shine_hf.assets import FACTS_DATA
-from shine_hf.testing.facts import synthetic_facts
+from shine_hf.testing.facts import fact_attribute, synthetic_facts
 model = ShineForCausalLM.from_pretrained({hypernetwork!r}).eval()
 document = long_documents(synthetic_facts(**FACTS_DATA)["test"], {chunks}, 1)[0]
 gc.collect()
@@ -198,11 +213,13 @@ def print_table(sizes: dict[str, dict[str, Any]]) -> None:
         shown = list(range(positions)) if positions <= 4 else [0, 1, 2, 3, positions // 2, positions - 1]
         print(f"\n{size} chunks per document ({result['documents']} documents, chunks = one facts document each: "
               f"{result['chunks_are_documents']})")
-        print("| condition | F1 | min over positions | " + " | ".join(f"pos {p + 1}" for p in shown) + " |")
-        print("|---|---|---|" + "---|" * len(shown))
+        print("| condition | F1 | min over positions | " + " | ".join(f"pos {p + 1}" for p in shown)
+              + " | another chunk's answer |")
+        print("|---|---|---|" + "---|" * len(shown) + "---|")
         for name, row in conditions.items():
             cells = " | ".join(f"{row['per_position'][p]:.3f}" for p in shown)
-            print(f"| {name} | {row['f1']:.3f} | {min(row['per_position']):.3f} | {cells} |")
+            print(f"| {name} | {row['f1']:.3f} | {min(row['per_position']):.3f} | {cells} | "
+                  f"{row['other_chunks_answer']:.2f} |")
 
 
 BASELINE_LEGENDS = {"first chunk": "first chunk only (truncation)", "one read": "one read (as many tokens as fit)",

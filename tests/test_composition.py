@@ -160,3 +160,18 @@ def test_splitting_a_long_text_does_not_warn_about_the_tokenizers_length_limit(c
     tokenizer.model_max_length = 16  # LONG is far longer: the whole text is tokenized once, to cut it
     assert len(split_text(LONG, tokenizer, 48, 0)) > 3
     assert "indexing errors" not in caplog.text
+
+
+def test_bad_composition_arguments_are_shine_errors(model):
+    adapter = model.internalize(DOCS[0])
+    bad_calls = {
+        "Unknown composition method": lambda: ShineAdapter.compose([adapter, adapter], method="max"),
+        "one weight per adapter": lambda: ShineAdapter.compose([adapter, adapter], method="weighted", weights=[1.0]),
+        "only used with method='weighted'": lambda: ShineAdapter.compose([adapter], method="mean", weights=[1.0]),
+        "at least one adapter": lambda: ShineAdapter.compose([]),
+        "rank must be a positive integer": lambda: adapter.to_rank(0),
+        "Unknown composition method 'sum'": lambda: model.internalize(LONG, chunk_tokens=32, compose="sum"),
+    }
+    for message, call in bad_calls.items():
+        with pytest.raises(InvalidInputError, match=message):
+            call()
