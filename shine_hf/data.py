@@ -323,7 +323,8 @@ class DataStats:
     """What tokenization did to a set of records; truncation is never silent.
 
     Attributes:
-        records: Records tokenized (after optional QA splitting and context packing).
+        records: Records tokenized (after optional QA splitting, context packing or grouping into
+            composition-aware samples).
         samples: Samples kept.
         context_truncated: Samples whose context was cut to ``max_context_tokens``.
         conversation_truncated: Samples whose conversation lost turns or had its answer cut.
