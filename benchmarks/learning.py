@@ -17,10 +17,16 @@ whose entities it never saw. Printed at the end, on held-out documents:
 
 Training goes through ``shine_hf.train.train`` (``transformers.Trainer``), with an optional
 reconstruction/completion pretraining stage first (``--pretrain-minutes``). A wall-clock budget
-stops each stage (``--minutes``).
+stops each stage (``--minutes``). ``--from`` continues a trained hypernetwork (fresh optimizer);
+``--compose-chunks K --compose-method RULE`` trains composition-aware (``train(compose_chunks=...)``:
+samples of 1..K documents whose LoRAs are composed inside the graph), and the checkpoints then also
+score SHINE on validation documents of 4 joined documents, read in chunks and composed with RULE
+(``benchmarks/long_documents.py``).
 
     python benchmarks/learning.py --minutes 30 --output-dir /tmp/shine-learning
     python benchmarks/learning.py --eval-only shine_hf/assets/facts-shine   # score a trained one
+    python benchmarks/learning.py --from shine_hf/assets/facts-shine --compose-chunks 4 --compose-method mean \
+        --minutes 15 --lr 3e-4 --output-dir /tmp/shine-compose              # composition-aware
 """
 
 from __future__ import annotations
@@ -43,28 +49,47 @@ from shine_hf.train import train
 
 
 class BudgetAndEval(TrainerCallback):
-    """Stops at the wall-clock budget; every `every` steps scores SHINE on validation documents."""
+    """Stops at the wall-clock budget; every `every` steps scores SHINE on validation documents (and,
+    with `compose`, on long validation documents read in chunks and composed with that rule)."""
 
-    def __init__(self, minutes: float, every: int, records, label: str, history: list, offset_minutes: float):
-        self.deadline = time.time() + minutes * 60
-        self.every, self.records, self.label = every, records, label
+    def __init__(self, minutes: float, every: int, records, label: str, history: list, offset_minutes: float,
+                 compose: str | None = None, clock=time.time):
+        self.clock = clock  # time.time (wall clock) or time.process_time (this process's CPU time)
+        self.deadline = clock() + minutes * 60
+        self.every, self.records, self.label, self.compose = every, records, label, compose
         self.history, self.offset = history, offset_minutes
-        self.start = time.time()
+        self.start = clock()
         self.eval_seconds = 0.0
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if self.every and state.global_step % self.every == 0 and self.label == "ift":
-            t = time.time()
+            t = self.clock()
             scores = evaluate_qa(model, self.records, ("shine",))["shine"]
-            self.eval_seconds += time.time() - t
-            minutes = self.offset + (time.time() - self.start - self.eval_seconds) / 60
-            self.history.append({"stage": self.label, "step": state.global_step, "train_minutes": round(minutes, 2),
-                                 "shine_f1": scores["f1"], "shine_em": scores["em"]})
-            print(f"[checkpoint] step {state.global_step} {minutes:.1f} train-min SHINE val F1 {scores['f1']:.3f}",
-                  flush=True)
-        if time.time() > self.deadline:
+            row = {"stage": self.label, "step": state.global_step, "shine_f1": scores["f1"], "shine_em": scores["em"]}
+            if self.compose:
+                row[f"chunked_{self.compose}_4_f1"] = composed_f1(model, self.records, self.compose)
+            self.eval_seconds += self.clock() - t
+            minutes = self.offset + (self.clock() - self.start - self.eval_seconds) / 60
+            self.history.append({**row, "train_minutes": round(minutes, 2)})
+            composed = f", 4 chunks {self.compose} {row[f'chunked_{self.compose}_4_f1']:.3f}" if self.compose else ""
+            print(f"[checkpoint] step {state.global_step} {minutes:.1f} train-min SHINE val F1 {scores['f1']:.3f}"
+                  f"{composed}", flush=True)
+        if self.clock() > self.deadline:
             control.should_training_stop = True
         return control
+
+
+def composed_f1(model, records, rule: str) -> float:
+    """SHINE F1 on `records` joined 4 at a time, read one document per chunk and composed with `rule`."""
+    from long_documents import chunked, long_documents, score  # beside this script
+
+    chunk_tokens = max(len(model.tokenizer(c, add_special_tokens=False)["input_ids"]) for c in records["context"])
+    was_training = model.training
+    model.eval()
+    try:
+        return score(model, long_documents(records, 4, 1), chunked(rule, chunk_tokens))["f1"]
+    finally:
+        model.train(was_training)
 
 
 def f1_by_attribute(predictions) -> dict[str, float]:
@@ -103,24 +128,28 @@ def train_hypernetwork(args, records, validation, out: Path, history: list, loss
     tokenizer = AutoTokenizer.from_pretrained(args.backbone)
     hyper = dict(lora_rank=args.lora_rank, metalora_rank=args.metalora_rank, m2p_num_layers=args.m2p_layers,
                  lora_scale=args.scale)
-    print(f"train records {len(records)}, hypernetwork config {hyper}", flush=True)
+    print(f"train records {len(records)}, hypernetwork {args.from_checkpoint or hyper}", flush=True)
     common = dict(backbone=backbone, tokenizer=tokenizer, learning_rate=args.lr, warmup_steps=100,
                   max_warmup_fraction=0.1, gradient_accumulation_steps=1, per_device_train_batch_size=args.batch_size,
                   max_steps=100_000, logging_steps=10, save_strategy="no", report_to="none", seed=args.seed,
                   disable_tqdm=True, dataloader_num_workers=0)
-    from_checkpoint = None
+    from_checkpoint = args.from_checkpoint
     pretrain_steps = 0
+    clock = time.process_time if args.cpu_minutes else time.time
     if args.pretrain_minutes > 0:
         texts = Dataset.from_dict({"text": list(records["context"])})
-        cb = BudgetAndEval(args.pretrain_minutes, 0, None, "pretrain", history, 0.0)
+        cb = BudgetAndEval(args.pretrain_minutes, 0, None, "pretrain", history, 0.0, clock=clock)
         result = train(data=texts, output_dir=str(out / "pretrain"), stage="pretrain", callbacks=[cb], **hyper,
                        **common)
         losses += loss_points(result.trainer, "pretrain (RECON/COMP)")
         pretrain_steps = result.trainer.state.global_step
         from_checkpoint = str(out / "pretrain")
         print(f"pretraining: {pretrain_steps} steps, final loss {losses[-1]['loss'] if losses else 'n/a'}", flush=True)
-    cb = BudgetAndEval(args.minutes, args.eval_every, validation, "ift", history, args.pretrain_minutes)
+    compose = args.compose_method if args.compose_chunks > 1 else None
+    cb = BudgetAndEval(args.minutes, args.eval_every, validation, "ift", history, args.pretrain_minutes, compose,
+                       clock=clock)
     result = train(data=records, output_dir=str(out), stage="ift", shuffle_qa=not args.keep_qa_order,
+                   compose_chunks=args.compose_chunks, compose_method=args.compose_method,
                    from_checkpoint=from_checkpoint, callbacks=[cb], **({} if from_checkpoint else hyper), **common)
     losses += loss_points(result.trainer, "instruction tuning (QA)", pretrain_steps)
     steps.update(ift=result.trainer.state.global_step, pretrain=pretrain_steps)
@@ -133,6 +162,9 @@ def main(argv=None) -> int:
     parser.add_argument("--output-dir", default="/tmp/shine-learning")
     parser.add_argument("--minutes", type=float, default=30.0, help="wall-clock budget of instruction tuning")
     parser.add_argument("--pretrain-minutes", type=float, default=0.0, help="RECON/COMP stage first (0: none)")
+    parser.add_argument("--cpu-minutes", action="store_true",
+                        help="budgets and checkpoint times count this process's CPU time, not wall time (a shared "
+                             "machine)")
     parser.add_argument("--lora-rank", type=int, default=8)
     parser.add_argument("--metalora-rank", type=int, default=16)
     parser.add_argument("--m2p-layers", type=int, default=2)
@@ -148,18 +180,26 @@ def main(argv=None) -> int:
     parser.add_argument("--keep-qa-order", action="store_true",
                         help="train on each document's questions in their fixed order (default: shuffled, "
                              "see shine_hf.data.shuffle_qa_pairs)")
+    parser.add_argument("--from", dest="from_checkpoint", default=None, metavar="CHECKPOINT",
+                        help="continue this trained hypernetwork (fresh optimizer; its sizes, not --lora-rank etc.)")
+    parser.add_argument("--compose-chunks", type=int, default=1,
+                        help="composition-aware training: samples of 1..K documents as chunks (1: off)")
+    parser.add_argument("--compose-method", default="concat", choices=("concat", "mean"),
+                        help="how --compose-chunks composes a sample's chunk LoRAs")
     parser.add_argument("--eval-only", default=None, metavar="CHECKPOINT",
                         help="no training: score this saved SHINE hypernetwork (e.g. shine_hf/assets/facts-shine)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--plot", default=None, help="loss-curve PNG path (default: OUTPUT_DIR/loss.png)")
     args = parser.parse_args(argv)
+    if args.from_checkpoint and args.pretrain_minutes:
+        parser.error("--from continues a trained hypernetwork: it takes no --pretrain-minutes stage.")
 
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    start = time.time()
+    start, cpu_start = time.time(), time.process_time()
     splits = synthetic_facts(**FACTS_DATA)
     validation = splits["validation"].select(range(min(args.val_docs, len(splits["validation"]))))
     test = splits["test"].select(range(min(args.test_docs, len(splits["test"]))))
@@ -177,12 +217,13 @@ def main(argv=None) -> int:
         records = records.remove_columns("entities").shuffle(seed=args.seed)
         model = train_hypernetwork(args, records, validation, out, history, losses, steps)
     model.eval()
-    train_minutes = (time.time() - start) / 60
+    train_minutes, train_cpu_minutes = (time.time() - start) / 60, (time.process_time() - cpu_start) / 60
     # final scores on held-out (test-split) documents
     t = time.time()
     final = evaluate_qa(model, test, return_predictions=True, context_template=args.context_template)
     reference_prompt = evaluate_qa(model, test, ("in_context",))["in_context"]  # the reference's template
     control = evaluate_qa(model, with_other_contexts(test), ("shine",))["shine"]
+    chunked_4 = {rule: composed_f1(model, test, rule) for rule in ("concat", "mean")}
     eval_seconds = time.time() - t
     ic, qo = final["in_context"]["f1"], final["question_only"]["f1"]
     for row in history:
@@ -193,10 +234,12 @@ def main(argv=None) -> int:
         "ift_steps": steps["ift"],
         "pretrain_steps": steps["pretrain"],
         "wall_minutes_training": round(train_minutes, 2),
+        "cpu_minutes_training": round(train_cpu_minutes, 2),
         "test_eval_seconds": round(eval_seconds, 1),
         "test": {m: {k: v for k, v in s.items() if k != "predictions"} for m, s in final.items()},
         "in_context_with_reference_template": reference_prompt,
         "control_shine_with_another_documents_adapter": control,
+        "shine_4_documents_in_chunks_composed_f1": chunked_4,
         "shine_over_in_context": final["shine"]["f1"] / ic if ic else None,
         "shine_over_question_only": final["shine"]["f1"] / qo if qo else None,
         "f1_by_attribute": {mode: f1_by_attribute(s["predictions"]) for mode, s in final.items()},
@@ -206,8 +249,13 @@ def main(argv=None) -> int:
     (out / "learning_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / "losses.json").write_text(json.dumps(losses) + "\n")
     if losses:
+        c = model.config  # with --from, the sizes are the checkpoint's, not the command line's
+        compose = ""
+        if args.compose_chunks > 1:
+            compose = f", composition-aware (K={args.compose_chunks}, {args.compose_method})"
         plot(losses, Path(args.plot) if args.plot else out / "loss.png",
-             f"SHINE on facts-llama: r={args.lora_rank} R={args.metalora_rank} M2P={args.m2p_layers} s={args.scale}")
+             f"SHINE on facts-llama: r={c.lora_rank} R={c.metalora_rank} M2P={c.m2p_num_layers} s={c.lora_scale:g}"
+             f"{compose}")
     print("\n| mode | F1 | EM | n |\n|---|---|---|---|")
     for mode, s in final.items():
         print(f"| {mode} | {s['f1']:.3f} | {s['em']:.3f} | {s['n']} |")
@@ -217,6 +265,8 @@ def main(argv=None) -> int:
     print("\n| F1 by attribute | " + " | ".join(attributes) + " |\n|---|" + "---|" * len(attributes))
     for mode, by_attribute in summary["f1_by_attribute"].items():
         print(f"| {mode} | " + " | ".join(f"{by_attribute.get(a, float('nan')):.3f}" for a in attributes) + " |")
+    print("SHINE on 4 test documents joined, one per chunk, composed: "
+          + ", ".join(f"{rule} F1 {f1:.3f}" for rule, f1 in chunked_4.items()))
     print(f"\nSHINE / in-context = {summary['shine_over_in_context']}; "
           f"SHINE / question-only = {summary['shine_over_question_only']}")
     print("\n| step | train minutes | SHINE val F1 | SHINE / in-context (test) |\n|---|---|---|---|")

@@ -32,7 +32,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from .errors import ConfigError, IncompatibleAdapterError, UnsupportedBackboneError
+from .errors import ConfigError, IncompatibleAdapterError, InvalidInputError, UnsupportedBackboneError
 from .io_utils import atomic_directory
 from .lora import LoraWeights, TargetModule, discover_target_modules
 from .model_card import render_card
@@ -184,7 +184,7 @@ class ShineAdapter:
         from .composition import compose_loras, composition_weights
 
         if not adapters:
-            raise ValueError("compose() needs at least one adapter.")
+            raise InvalidInputError("compose() needs at least one adapter.")
         first = adapters[0]
         for other in adapters[1:]:
             first.check_same_layout(other, ignore_rank=True)
@@ -205,7 +205,7 @@ class ShineAdapter:
         from .composition import truncate_rank
 
         if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
-            raise ValueError(f"rank must be a positive integer, got {rank!r}.")
+            raise InvalidInputError(f"rank must be a positive integer, got {rank!r}.")
         return self._with(truncate_rank(self.lora, rank))
 
     def to(self, *args: Any, **kwargs: Any) -> ShineAdapter:

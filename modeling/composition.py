@@ -20,24 +20,25 @@ from collections.abc import Sequence
 
 import torch
 
-from .errors import IncompatibleAdapterError
+from .errors import IncompatibleAdapterError, InvalidInputError
 from .lora import LoraDict, LoraWeights
 
 COMPOSE_METHODS = ("concat", "mean", "weighted")
 
 
 def composition_weights(method: str, count: int, weights: Sequence[float] | None = None) -> list[float]:
-    """The per-adapter weights of a composition `method` over `count` adapters."""
+    """The per-adapter weights of a composition `method` over `count` adapters (InvalidInputError for an
+    unknown method or weights that do not fit)."""
     if method not in COMPOSE_METHODS:
-        raise ValueError(f"Unknown composition method {method!r}: choose one of {', '.join(COMPOSE_METHODS)}.")
+        raise InvalidInputError(f"Unknown composition method {method!r}: choose one of {', '.join(COMPOSE_METHODS)}.")
     if count < 1:
-        raise ValueError("Composition needs at least one adapter.")
+        raise InvalidInputError("Composition needs at least one adapter.")
     if method == "weighted":
         if weights is None or len(weights) != count:
-            raise ValueError(f"method='weighted' needs one weight per adapter ({count}), got {weights!r}.")
+            raise InvalidInputError(f"method='weighted' needs one weight per adapter ({count}), got {weights!r}.")
         return [float(w) for w in weights]
     if weights is not None:
-        raise ValueError(f"weights are only used with method='weighted', not {method!r}.")
+        raise InvalidInputError(f"weights are only used with method='weighted', not {method!r}.")
     return [1.0] * count if method == "concat" else [1.0 / count] * count
 
 

@@ -15,7 +15,13 @@ Sources: any text corpus for the pretraining mix (reconstruction samples ``<RECO
 completion samples ``<COMP>``, see docs/training.md) and QA records (``context`` with
 ``question``/``answer`` or ``questions``/``answers``, SQuAD ``answers: {"text": [...]}`` too) for
 instruction fine-tuning. ``ShineDataCollator`` pads a list of samples into the batch dict the
-model's training forward takes. Data that cannot be used (a missing or malformed file, missing
+model's training forward takes.
+
+Composition-aware samples (``group_records`` / ``tokenize_records(compose_chunks=K)``): a sample
+groups 1..K records as the *chunks* of one document; ``context_input_ids`` then holds one id list
+per chunk, the conversation asks the questions of every chunk (shuffled), and the collator adds
+``context_sample_index`` and ``context_compose``, so the model composes the chunks' LoRAs inside the
+graph (docs/long_documents.md). Data that cannot be used (a missing or malformed file, missing
 columns, a question without an answer) raises ``DataError`` naming the problem. A toy QA set
 about invented people lives in ``shine_hf.testing.facts``.
 
@@ -44,6 +50,7 @@ from .modeling import ShineError, pad_token_ids
 from .modeling.prompting import EMPTY_THINK_BLOCK, question_prompt, render_chat
 
 __all__ = [
+    "COMPOSED_FEATURES",
     "COMP_TOKEN",
     "IGNORE_INDEX",
     "MAX_CONTEXT_TOKENS",
@@ -52,6 +59,7 @@ __all__ = [
     "RECON_TOKEN",
     "SHINE_SPECIAL_TOKENS",
     "TOKENIZED_FEATURES",
+    "TRAINING_COMPOSE_METHODS",
     "ChatFormat",
     "DataError",
     "DataNotFoundError",
@@ -62,7 +70,9 @@ __all__ = [
     "build_pretraining_dataset",
     "build_qa_dataset",
     "chat_format",
+    "check_compose_chunks",
     "completion_context",
+    "group_records",
     "load_qa_dataset",
     "load_text_dataset",
     "pack_records",
@@ -93,6 +103,17 @@ TOKENIZED_FEATURES = Features(
         "length": Value("int32"),
     }
 )
+COMPOSED_FEATURES = Features(
+    {
+        "context_input_ids": List(List(Value("int32"))),
+        "input_ids": List(Value("int32")),
+        "labels": List(Value("int32")),
+        "length": Value("int32"),
+    }
+)
+"""Composition-aware samples: ``context_input_ids`` holds one id list per chunk."""
+TRAINING_COMPOSE_METHODS = ("concat", "mean")
+"""How a composition-aware sample's chunk LoRAs become its adapter in training (``ShineAdapter.compose``)."""
 QA_FEATURES = Features(
     {
         "context": Value("string"),
@@ -302,7 +323,8 @@ class DataStats:
     """What tokenization did to a set of records; truncation is never silent.
 
     Attributes:
-        records: Records tokenized (after optional QA splitting and context packing).
+        records: Records tokenized (after optional QA splitting, context packing or grouping into
+            composition-aware samples).
         samples: Samples kept.
         context_truncated: Samples whose context was cut to ``max_context_tokens``.
         conversation_truncated: Samples whose conversation lost turns or had its answer cut.
@@ -341,9 +363,14 @@ def _tokenize_record(
     max_context_tokens: int | None,
     max_conversation_tokens: int | None,
 ) -> dict[str, Any]:
-    context_ids, context_truncated = tokenize_context(
-        tokenizer, record["context"], max_context_tokens
-    )
+    if "contexts" in record:  # a composition-aware sample: one id list per chunk
+        chunks = [tokenize_context(tokenizer, text, max_context_tokens) for text in record["contexts"]]
+        context_ids: list[Any] = [ids for ids, _ in chunks]
+        context_tokens = sum(len(ids) for ids in context_ids)
+        context_truncated = any(cut for _, cut in chunks)
+    else:
+        context_ids, context_truncated = tokenize_context(tokenizer, record["context"], max_context_tokens)
+        context_tokens = len(context_ids)
     conv = tokenize_conversation(
         tokenizer, record["questions"], record["answers"], max_conversation_tokens, fmt
     )
@@ -351,7 +378,7 @@ def _tokenize_record(
         "context_input_ids": context_ids,
         "input_ids": conv.input_ids,
         "labels": conv.labels,
-        "length": len(context_ids) + len(conv.input_ids),
+        "length": context_tokens + len(conv.input_ids),
         "_context_truncated": context_truncated,
         "_turns_dropped": conv.turns_dropped,
         "_answer_cut": conv.answer_cut,
@@ -386,6 +413,7 @@ def tokenize_records(
     seed: int = 0,
     pack_contexts: bool = False,
     pack_separator: str = "\n\n",
+    compose_chunks: int = 1,
 ) -> tuple[Dataset, DataStats]:
     """Turn QA-schema records (``context``, ``questions``, ``answers``) into training samples.
 
@@ -400,13 +428,20 @@ def tokenize_records(
         seed: Seed of ``shuffle_qa``.
         pack_contexts: Pack consecutive records into one sample (see ``pack_records``).
         pack_separator: Text between packed contexts (a blank line).
+        compose_chunks: Above 1, composition-aware samples (``group_records``, seeded by ``seed``):
+            each groups 1..``compose_chunks`` records as its chunks, and ``context_input_ids`` holds
+            one id list per chunk (each cut to ``max_context_tokens``). Not with ``split_qa`` or
+            ``pack_contexts``.
 
     Returns:
         The samples (columns ``context_input_ids``, ``input_ids``, ``labels``, ``length``;
         records with no supervised token left are dropped) and their ``DataStats``, also logged
         (as a warning when anything was truncated or dropped).
     """
-    if shuffle_qa:
+    check_compose_chunks(compose_chunks, split_qa=split_qa, pack_contexts=pack_contexts)
+    if compose_chunks > 1:
+        records = group_records(records, compose_chunks, seed)
+    if shuffle_qa and compose_chunks == 1:
         records = shuffle_qa_pairs(records, seed)
     if split_qa:
         records = split_qa_records(records)
@@ -424,7 +459,7 @@ def tokenize_records(
         return Dataset.from_dict(
             {k: [] for k in TOKENIZED_FEATURES}, TOKENIZED_FEATURES
         ), DataStats()
-    features = TOKENIZED_FEATURES.copy()
+    features = (COMPOSED_FEATURES if compose_chunks > 1 else TOKENIZED_FEATURES).copy()
     features.update(
         {
             "_context_truncated": Value("bool"),
@@ -452,6 +487,63 @@ def tokenize_records(
     level = logging.WARNING if stats.lossy else logging.INFO
     logger.log(level, stats.summary())
     return tokenized, stats
+
+
+def check_compose_chunks(compose_chunks: int, *, split_qa: bool = False, pack_contexts: bool = False) -> None:
+    """Raise ``DataError`` for a chunk count below 1 or a combination composition cannot serve."""
+    if isinstance(compose_chunks, bool) or not isinstance(compose_chunks, int) or compose_chunks < 1:
+        raise DataError(f"compose_chunks must be an integer >= 1 (1: off), got {compose_chunks!r}.")
+    if compose_chunks > 1 and (split_qa or pack_contexts):
+        option = "split_qa" if split_qa else "pack_contexts"
+        raise DataError(f"compose_chunks > 1 groups whole records as the chunks of a sample; it cannot be combined "
+                        f"with {option}.")
+
+
+def group_records(records: Dataset, max_chunks: int, seed: int = 0) -> Dataset:
+    """Composition-aware samples: each groups 1..``max_chunks`` QA records as the chunks of one document.
+
+    The records are taken in a random order (``random.Random(seed)``), in groups whose sizes are
+    drawn uniformly from 1..``max_chunks``; every record lands in exactly one sample. A record that
+    would ask a question the group already asks (the same question, possibly with another answer)
+    waits for a later group, so no sample asks one question twice. A sample's conversation asks the
+    questions of all its chunks in a random order, so any turn may be about any chunk.
+
+    Returns:
+        A dataset with ``contexts`` (the chunk texts), ``questions``, ``answers`` and
+        ``question_chunk`` (the index in ``contexts`` of the chunk each question is about).
+    """
+    check_compose_chunks(max_chunks)
+    contexts, all_questions, all_answers = records["context"], records["questions"], records["answers"]
+    rng = random.Random(seed)
+    queue = list(range(len(records)))
+    rng.shuffle(queue)
+    queue.reverse()  # popped from the end: the shuffled order
+    lookahead = 8 * max_chunks  # records examined per group at most, so a run of clashes stays cheap
+    samples: dict[str, list[Any]] = {"contexts": [], "questions": [], "answers": [], "question_chunk": []}
+    while queue:
+        size = rng.randint(1, max_chunks)
+        group: list[int] = []
+        asked: set[str] = set()
+        waiting: list[int] = []
+        while queue and len(group) < size and len(waiting) < lookahead:
+            index = queue.pop()
+            questions = set(all_questions[index])
+            if questions & asked:
+                waiting.append(index)
+                continue
+            group.append(index)
+            asked |= questions
+        queue.extend(reversed(waiting))
+        pairs = [(q, a, chunk) for chunk, index in enumerate(group)
+                 for q, a in zip(all_questions[index], all_answers[index], strict=True)]
+        rng.shuffle(pairs)
+        samples["contexts"].append([contexts[index] for index in group])
+        samples["questions"].append([q for q, _, _ in pairs])
+        samples["answers"].append([a for _, a, _ in pairs])
+        samples["question_chunk"].append([chunk for _, _, chunk in pairs])
+    features = Features({"contexts": List(Value("string")), "questions": List(Value("string")),
+                         "answers": List(Value("string")), "question_chunk": List(Value("int32"))})
+    return Dataset.from_dict(samples, features=features)
 
 
 def shuffle_qa_pairs(records: Dataset, seed: int = 0) -> Dataset:
@@ -898,21 +990,31 @@ def load_qa_dataset(
 class ShineDataCollator:
     """Pad samples into the batch dict of SHINE's training forward (right padding).
 
-    The batch holds exactly ``context_input_ids``, ``context_attention_mask``, ``input_ids``,
+    The batch holds ``context_input_ids``, ``context_attention_mask``, ``input_ids``,
     ``attention_mask`` and ``labels`` (LongTensors); other sample keys (e.g. ``length``) are
     ignored. Ids are padded with the tokenizer's pad id (its EOS id if it has none), labels with
     ``IGNORE_INDEX``, by the model's own ``pad_token_ids``. ``pad_to_multiple_of`` rounds both
     sequence lengths up.
+
+    Composition-aware samples (``context_input_ids`` a list of chunks, ``tokenize_records(
+    compose_chunks=K)``) put all C chunks of the batch in ``context_input_ids`` (C, N), in sample
+    order, and add ``context_sample_index`` (C,), the batch row of each chunk, and
+    ``context_compose`` (``compose_method``), so the forward composes each sample's chunk LoRAs. A
+    plain sample in such a batch is one chunk.
     """
 
-    def __init__(self, tokenizer: Any, pad_to_multiple_of: int | None = None) -> None:
+    def __init__(self, tokenizer: Any, pad_to_multiple_of: int | None = None, compose_method: str = "concat") -> None:
         pad_id = tokenizer.pad_token_id
         if pad_id is None:
             pad_id = tokenizer.eos_token_id
         if pad_id is None:
             raise ValueError("The tokenizer has neither a pad token nor an EOS token.")
+        if compose_method not in TRAINING_COMPOSE_METHODS:
+            raise ValueError(f"compose_method must be one of {', '.join(TRAINING_COMPOSE_METHODS)}, "
+                             f"not {compose_method!r}.")
         self.pad_token_id = int(pad_id)
         self.pad_to_multiple_of = pad_to_multiple_of
+        self.compose_method = compose_method
 
     def _pad(self, sequences: Sequence[Sequence[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:
         ids, mask = pad_token_ids(sequences, pad_id=value)
@@ -923,15 +1025,31 @@ class ShineDataCollator:
             mask = torch.nn.functional.pad(mask, (0, extra), value=0)
         return ids, mask
 
-    def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+    def __call__(self, features: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         """Collate ``features`` (each with ``context_input_ids``, ``input_ids``, ``labels``)."""
-        context_ids, context_mask = self._pad([f["context_input_ids"] for f in features], self.pad_token_id)
+        contexts = [f["context_input_ids"] for f in features]
+        composed = any(_is_chunked(context) for context in contexts)
+        if composed:
+            chunks = [list(context) if _is_chunked(context) else [context] for context in contexts]
+            contexts = [chunk for sample_chunks in chunks for chunk in sample_chunks]
+            sample_index = torch.tensor([row for row, sample_chunks in enumerate(chunks) for _ in sample_chunks])
+        context_ids, context_mask = self._pad(contexts, self.pad_token_id)
         input_ids, attention_mask = self._pad([f["input_ids"] for f in features], self.pad_token_id)
         labels, _ = self._pad([f["labels"] for f in features], IGNORE_INDEX)
-        return {
+        batch: dict[str, Any] = {
             "context_input_ids": context_ids,
             "context_attention_mask": context_mask,
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "labels": labels,
         }
+        if composed:
+            batch.update(context_sample_index=sample_index, context_compose=self.compose_method)
+        return batch
+
+
+def _is_chunked(context: Any) -> bool:
+    """Whether a sample's ``context_input_ids`` is a list of chunks (id lists) rather than one id list."""
+    if isinstance(context, (torch.Tensor, np.ndarray)):
+        return context.ndim == 2
+    return len(context) > 0 and not isinstance(context[0], (int, np.integer)) and hasattr(context[0], "__len__")

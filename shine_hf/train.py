@@ -53,8 +53,11 @@ from transformers.training_args import OptimizerNames
 from .data import (
     MAX_CONTEXT_TOKENS,
     MAX_CONVERSATION_TOKENS,
+    TRAINING_COMPOSE_METHODS,
+    DataError,
     ShineDataCollator,
     add_shine_special_tokens,
+    check_compose_chunks,
     load_qa_dataset,
     load_text_dataset,
     pretraining_records,
@@ -221,6 +224,17 @@ class ShineDataArguments:
                           "record lists its questions in the same order."},
     )
     pack_contexts: bool = field(default=False, metadata={"help": "Pack consecutive short records into one sample."})
+    compose_chunks: int = field(
+        default=1,
+        metadata={"help": "ift, composition-aware training: each sample groups 1..K records (sampled, seeded) as the "
+                          "chunks of one document, their LoRAs are composed with --compose-method inside the graph, "
+                          "and its conversation asks the questions of every chunk, shuffled; K = this value (1: off)."},
+    )
+    compose_method: str = field(
+        default="concat",
+        metadata={"help": "How --compose-chunks composes a sample's chunk LoRAs: concat (their sum) or mean "
+                          "(their average); use the same rule with internalize(compose=...)."},
+    )
 
     def __post_init__(self) -> None:
         if self.stage not in STAGE_LEARNING_RATES:
@@ -230,6 +244,15 @@ class ShineDataArguments:
         if self.eval_fraction and self.eval_data is not None:
             raise TrainingError("Pass eval_data or eval_fraction, not both.")
         _check_at_least(self, ("max_context_tokens", "max_conversation_tokens"), 1, optional=True)
+        try:
+            check_compose_chunks(self.compose_chunks, split_qa=self.split_qa, pack_contexts=self.pack_contexts)
+        except DataError as error:
+            raise TrainingError(str(error)) from error
+        if self.compose_chunks > 1 and self.stage != "ift":
+            raise TrainingError("compose_chunks > 1 groups QA records: it needs stage 'ift'.")
+        if self.compose_method not in TRAINING_COMPOSE_METHODS:
+            raise TrainingError(f"compose_method must be one of {', '.join(TRAINING_COMPOSE_METHODS)}, "
+                                f"not {self.compose_method!r}.")
 
 
 @dataclass
@@ -713,7 +736,8 @@ def _tokenize(records: Any, tokenizer: Any, data_args: ShineDataArguments, max_c
         return records
     qa_options = {}
     if data_args.stage == "ift":
-        qa_options = {"split_qa": data_args.split_qa, "shuffle_qa": data_args.shuffle_qa}
+        qa_options = {"split_qa": data_args.split_qa, "shuffle_qa": data_args.shuffle_qa,
+                      "compose_chunks": data_args.compose_chunks}
     dataset, _ = tokenize_records(
         records, tokenizer, max_context_tokens=max_context_tokens,
         max_conversation_tokens=data_args.max_conversation_tokens, pack_contexts=data_args.pack_contexts, seed=seed,
@@ -790,7 +814,9 @@ def train(
        schedule), or from the checkpoint being resumed (`resume_from_checkpoint`: a `checkpoint-N`
        directory, or `"latest"` / True for the last one in `output_dir`).
     5. Samples are tokenized; contexts longer than `max_context_tokens` (and than the backbone's
-       positions minus the memory tokens) are truncated, counted and logged.
+       positions minus the memory tokens) are truncated, counted and logged. With
+       `compose_chunks=K > 1` each sample groups 1..K records as chunks whose LoRAs are composed
+       (`compose_method`) inside the graph (`shine_hf.data.group_records`).
     6. `ShineTrainer` trains; `checkpoint-N/` directories every `save_steps` optimizer steps are
        shine-hf checkpoints plus Trainer state; with `eval_data` or `eval_fraction` an eval loss is
        computed every `eval_steps` (default: `save_steps`).
@@ -897,8 +923,9 @@ def train(
         train_dataset, eval_dataset = split["train"], split["test"]
 
     # 6. train
-    trainer = ShineTrainer(model, training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-                           processing_class=tokenizer, callbacks=list(callbacks or []))
+    collator = ShineDataCollator(tokenizer, compose_method=data_args.compose_method)
+    trainer = ShineTrainer(model, training_args, data_collator=collator, train_dataset=train_dataset,
+                           eval_dataset=eval_dataset, processing_class=tokenizer, callbacks=list(callbacks or []))
     output = trainer.train(resume_from_checkpoint=resume)
 
     # 7. final checkpoint

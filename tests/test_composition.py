@@ -180,3 +180,18 @@ def test_an_adapter_read_from_disk_composes_and_stacks_with_a_generated_one(mode
     for name in generated.lora[0]:
         assert torch.allclose(_delta(composed, 0, name), _delta(generated, 0, name), atol=1e-6)
     assert len(ShineAdapter.stack([generated, loaded])) == 2
+
+
+def test_bad_composition_arguments_are_shine_errors(model):
+    adapter = model.internalize(DOCS[0])
+    bad_calls = {
+        "Unknown composition method": lambda: ShineAdapter.compose([adapter, adapter], method="max"),
+        "one weight per adapter": lambda: ShineAdapter.compose([adapter, adapter], method="weighted", weights=[1.0]),
+        "only used with method='weighted'": lambda: ShineAdapter.compose([adapter], method="mean", weights=[1.0]),
+        "at least one adapter": lambda: ShineAdapter.compose([]),
+        "rank must be a positive integer": lambda: adapter.to_rank(0),
+        "Unknown composition method 'sum'": lambda: model.internalize(LONG, chunk_tokens=32, compose="sum"),
+    }
+    for message, call in bad_calls.items():
+        with pytest.raises(InvalidInputError, match=message):
+            call()

@@ -609,3 +609,139 @@ def test_end_to_end_batch(tok):
         mask = batch["attention_mask"][row].bool()
         assert (batch["labels"][row][~mask] == -100).all()
         assert batch["context_attention_mask"][row].sum() == len(samples[row]["context_input_ids"])
+
+
+# ------------------------------------------------------------------------------ composition-aware samples
+
+
+def _facts_records(n_entities: int = 60, seed: int = 4) -> Dataset:
+    facts = synthetic_facts(n_entities, seed=seed, entities_per_document=(1, 1))["train"]
+    return facts.select_columns(["context", "questions", "answers"])
+
+
+def test_group_records_puts_every_record_in_one_sample_with_exactly_its_questions():
+    records = _facts_records()
+    grouped = D.group_records(records, 4, seed=0)
+    by_context = {r["context"]: r for r in records}
+    seen = [context for sample in grouped["contexts"] for context in sample]
+    assert sorted(seen) == sorted(records["context"])  # each record in exactly one sample
+    sizes = [len(sample) for sample in grouped["contexts"]]
+    assert set(sizes) == {1, 2, 3, 4}
+    for sample in grouped:
+        chunk_records = [by_context[c] for c in sample["contexts"]]
+        expected = sorted((q, a, chunk) for chunk, r in enumerate(chunk_records)
+                          for q, a in zip(r["questions"], r["answers"], strict=True))
+        assert sorted(zip(sample["questions"], sample["answers"], sample["question_chunk"])) == expected
+    # the questions of a sample are interleaved across its chunks, not asked chunk by chunk
+    orders = [s["question_chunk"] for s in grouped if len(s["contexts"]) > 1]
+    assert any(order != sorted(order) for order in orders)
+
+
+def test_group_records_is_seeded():
+    records = _facts_records()
+    first = D.group_records(records, 3, seed=1)
+    assert D.group_records(records, 3, seed=1).to_dict() == first.to_dict()
+    assert D.group_records(records, 3, seed=2)["contexts"] != first["contexts"]
+    assert all(len(sample) == 1 for sample in D.group_records(records, 1)["contexts"])
+
+
+def test_group_records_never_asks_a_question_twice():
+    # Ten records about the same person with different facts: the same questions, other answers.
+    records = Dataset.from_dict({
+        "context": [f"Ana lives in city {i}." for i in range(10)] + ["Bo is 180 cm tall."],
+        "questions": [["Where does Ana live?"]] * 10 + [["How tall is Bo?"]],
+        "answers": [[f"city {i}"] for i in range(10)] + [["180 cm"]],
+    })
+    grouped = D.group_records(records, 4, seed=0)
+    assert sorted(c for sample in grouped["contexts"] for c in sample) == sorted(records["context"])
+    for questions in grouped["questions"]:
+        assert len(questions) == len(set(questions))
+
+
+def test_composed_samples_hold_one_id_list_per_chunk_and_labels_on_answers_only(tok):
+    records = _facts_records(24)
+    grouped = D.group_records(records, 3, seed=5)
+    samples, stats = D.tokenize_records(records, tok, compose_chunks=3, seed=5)
+    assert stats.samples == len(grouped) and not stats.lossy
+    for sample, group in zip(samples, grouped, strict=True):
+        assert sample["context_input_ids"] == [D.tokenize_context(tok, c)[0] for c in group["contexts"]]
+        check_conversation(tok, group["questions"], group["answers"], sample["input_ids"], sample["labels"], IM_END)
+        assert sample["length"] == sum(map(len, sample["context_input_ids"])) + len(sample["input_ids"])
+
+
+def test_composed_samples_are_not_split_or_packed():
+    for options in ({"split_qa": True}, {"pack_contexts": True}):
+        with pytest.raises(D.DataError, match="cannot be combined"):
+            D.check_compose_chunks(2, **options)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(D.DataError, match="compose_chunks must be an integer >= 1"):
+            D.check_compose_chunks(bad)
+
+
+def test_collator_maps_every_chunk_to_its_sample(tok):
+    features = [
+        {"context_input_ids": [[5, 6], [7], [8, 9, 10]], "input_ids": [1, 2], "labels": [-100, 2]},
+        {"context_input_ids": [11, 12], "input_ids": [3], "labels": [3]},  # a plain sample is one chunk
+        {"context_input_ids": [[13]], "input_ids": [4, 5, 6], "labels": [-100, -100, 6]},
+    ]
+    batch = D.ShineDataCollator(tok, compose_method="mean")(features)
+    pad = tok.pad_token_id
+    assert batch["context_input_ids"].tolist() == [[5, 6, pad], [7, pad, pad], [8, 9, 10], [11, 12, pad],
+                                                   [13, pad, pad]]
+    assert batch["context_attention_mask"].sum(dim=1).tolist() == [2, 1, 3, 2, 1]
+    assert batch["context_sample_index"].tolist() == [0, 0, 0, 1, 2]
+    assert batch["context_sample_index"].dtype == torch.long
+    assert batch["context_compose"] == "mean"
+    assert batch["labels"].tolist() == [[-100, 2, -100], [3, -100, -100], [-100, -100, 6]]
+    with pytest.raises(ValueError, match="compose_method must be one of concat, mean"):
+        D.ShineDataCollator(tok, compose_method="weighted")
+
+
+def test_collated_composed_batch_trains_the_hypernetwork_through_the_composition():
+    from shine_hf.testing.models import tiny_shine
+
+    model = tiny_shine("qwen3", randomize=False)  # reference init: meta-LoRA B = 0, memory tokens 0
+    model.train()
+    records = _facts_records(12)
+    samples, _ = D.tokenize_records(records, model.tokenizer, compose_chunks=3, seed=0)
+    features = [samples[i] for i in range(3)]
+    assert any(len(f["context_input_ids"]) > 1 for f in features)
+    losses = {}
+    for method in D.TRAINING_COMPOSE_METHODS:
+        batch = D.ShineDataCollator(model.tokenizer, compose_method=method)(features)
+        model.zero_grad()
+        output = model(**batch)
+        output.loss.backward()
+        losses[method] = output.loss.item()
+        hyper = model.hypernetwork
+        assert hyper.memory_tokens.grad.abs().sum() > 0
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in hyper.m2p.transformer_layers.parameters())
+        assert sum(p.grad.abs().sum() for p in hyper.meta_lora.parameters()) > 0
+        assert all(p.grad is None for p in model.backbone.parameters())
+    assert losses["concat"] != losses["mean"]  # the method reaches the forward
+
+
+def test_each_sample_reads_exactly_its_own_chunks():
+    from shine_hf.testing.models import tiny_shine
+
+    model = tiny_shine("qwen3")
+    collator = D.ShineDataCollator(model.tokenizer)
+    samples, _ = D.tokenize_records(_facts_records(12), model.tokenizer, compose_chunks=3, seed=0)
+    features = [dict(samples[i]) for i in range(3)]
+    assert len(features[0]["context_input_ids"]) > 1
+
+    def row_losses(features):
+        batch = collator(features)
+        with torch.no_grad():
+            logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        labels = batch["labels"][:, 1:]
+        losses = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), labels, reduction="none")
+        return losses.sum(dim=1) / (labels != D.IGNORE_INDEX).sum(dim=1)
+
+    before = row_losses(features)
+    changed = [dict(f) for f in features]
+    last = changed[0]["context_input_ids"][-1]
+    changed[0]["context_input_ids"] = [*changed[0]["context_input_ids"][:-1], last[::-1]]  # sample 0's last chunk
+    after = row_losses(changed)
+    assert not torch.isclose(after[0], before[0], rtol=0, atol=1e-5)
+    assert torch.allclose(after[1:], before[1:], rtol=0, atol=1e-6)

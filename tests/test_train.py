@@ -201,6 +201,23 @@ def test_half_precision_backbone_with_float32_hypernetwork(tmp_path):
     assert all(torch.equal(v, model.backbone.state_dict()[k]) for k, v in before.items())
 
 
+def test_composition_aware_training_composes_each_samples_chunks_and_the_loss_drops(tmp_path):
+    backbone = tiny_backbone("qwen3", seed=0, **BACKBONE)
+    result = train(backbone=backbone, tokenizer=build_chat_tokenizer(), data=Dataset.from_list(_records(24)),
+                   compose_chunks=3, compose_method="mean", output_dir=str(tmp_path), **HYPER, learning_rate=1e-2,
+                   warmup_steps=0, max_steps=30, per_device_train_batch_size=4, gradient_accumulation_steps=1,
+                   logging_steps=1, save_strategy="no", disable_tqdm=True, dataloader_pin_memory=False)
+    trainer = result.trainer
+    chunks = [len(sample) for sample in trainer.train_dataset["context_input_ids"]]
+    assert sum(chunks) == 24 and max(chunks) > 1 and set(chunks) <= {1, 2, 3}
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert batch["context_compose"] == "mean"
+    assert batch["context_input_ids"].shape[0] == len(batch["context_sample_index"]) > batch["input_ids"].shape[0]
+    losses = list(_losses(trainer).values())
+    assert len(losses) == 30
+    assert sum(losses[-5:]) / 5 < losses[0] - 1.0, losses
+
+
 def _save_backbone(directory: Path) -> Path:
     """A tiny backbone whose embedding has exactly one row per token of the tiny tokenizer."""
     tokenizer = build_chat_tokenizer()
@@ -323,7 +340,8 @@ def test_command_line_options_come_from_the_dataclasses(tmp_path):
                  "--max-context-tokens", "--max-conversation-tokens", "--split-qa", "--shuffle-qa", "--pack-contexts",
                  "--text-column", "--gradient-checkpointing", "--bf16", "--fp16", "--backbone-dtype",
                  "--group-by-length", "--logging-steps", "--eval-steps", "--save-steps", "--save-total-limit",
-                 "--report-to", "--seed", "--lora-rank", "--metalora-rank", "--m2p-layers", "--lora-scale"):
+                 "--report-to", "--seed", "--lora-rank", "--metalora-rank", "--m2p-layers", "--lora-scale",
+                 "--compose-chunks", "--compose-method"):
         assert name in options, name
     training = ShineTrainingArguments(output_dir=str(tmp_path))
     for option, field in (("--batch-size", "per_device_train_batch_size"), ("--warmup-steps", "warmup_steps"),
@@ -378,6 +396,10 @@ OPTION_ERRORS = {
     ("--m2p-layers", "3"): "positive even number",
     ("--backbone-dtype", "bf17"): "Unknown backbone dtype 'bf17'",
     ("--eval-data", "MALFORMED"): "eval.jsonl is not valid JSON",
+    ("--compose-chunks", "0"): "compose_chunks must be an integer >= 1",
+    ("--compose-chunks", "2", "--split-qa"): "cannot be combined with split_qa",
+    ("--compose-chunks", "2", "--stage", "pretrain"): "compose_chunks > 1 groups QA records: it needs stage 'ift'",
+    ("--compose-method", "sum"): "compose_method must be one of concat, mean, not 'sum'",
 }
 
 
