@@ -109,6 +109,12 @@ def test_an_interactive_session_in_a_terminal(tmp_path, end):
                "--context-template", TEMPLATE_ARG]
     pid, primary = pty.fork()
     if pid == 0:  # the child: a new session whose controlling terminal is the pseudo-terminal
+        # As a shell starts a foreground program: signals at their defaults. pytest itself may have been
+        # started with SIGINT ignored (a background job of a non-interactive shell, as CI runners do),
+        # and an ignored signal stays ignored across exec.
+        for number in (signal.SIGINT, signal.SIGQUIT):
+            signal.signal(number, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
         os.execve(sys.executable, command, {**ENV, "TERM": "xterm"})
     terminal = Terminal(primary)
     code = None
