@@ -43,6 +43,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
 from shine_hf import ShineForCausalLM
 from shine_hf.assets import FACTS_BACKBONE, FACTS_CONTEXT_TEMPLATE, FACTS_DATA
+from shine_hf.data import TRAINING_COMPOSE_METHODS
 from shine_hf.evaluation import evaluate_qa, f1_by_question_type, with_other_contexts
 from shine_hf.testing.facts import fact_attribute, synthetic_facts, synthetic_facts_about
 from shine_hf.train import train
@@ -184,7 +185,7 @@ def main(argv=None) -> int:
                         help="continue this trained hypernetwork (fresh optimizer; its sizes, not --lora-rank etc.)")
     parser.add_argument("--compose-chunks", type=int, default=1,
                         help="composition-aware training: samples of 1..K documents as chunks (1: off)")
-    parser.add_argument("--compose-method", default="concat", choices=("concat", "mean"),
+    parser.add_argument("--compose-method", default="concat", choices=TRAINING_COMPOSE_METHODS,
                         help="how --compose-chunks composes a sample's chunk LoRAs")
     parser.add_argument("--eval-only", default=None, metavar="CHECKPOINT",
                         help="no training: score this saved SHINE hypernetwork (e.g. shine_hf/assets/facts-shine)")

@@ -71,6 +71,7 @@ __all__ = [
     "build_qa_dataset",
     "chat_format",
     "check_compose_chunks",
+    "check_compose_method",
     "completion_context",
     "group_records",
     "load_qa_dataset",
@@ -497,6 +498,13 @@ def check_compose_chunks(compose_chunks: int, *, split_qa: bool = False, pack_co
         option = "split_qa" if split_qa else "pack_contexts"
         raise DataError(f"compose_chunks > 1 groups whole records as the chunks of a sample; it cannot be combined "
                         f"with {option}.")
+
+
+def check_compose_method(compose_method: str) -> None:
+    """Raise ``DataError`` for a rule that composition-aware training cannot use."""
+    if compose_method not in TRAINING_COMPOSE_METHODS:
+        raise DataError(f"compose_method must be one of {', '.join(TRAINING_COMPOSE_METHODS)}, "
+                        f"not {compose_method!r}.")
 
 
 def group_records(records: Dataset, max_chunks: int, seed: int = 0) -> Dataset:
@@ -1009,9 +1017,7 @@ class ShineDataCollator:
             pad_id = tokenizer.eos_token_id
         if pad_id is None:
             raise ValueError("The tokenizer has neither a pad token nor an EOS token.")
-        if compose_method not in TRAINING_COMPOSE_METHODS:
-            raise ValueError(f"compose_method must be one of {', '.join(TRAINING_COMPOSE_METHODS)}, "
-                             f"not {compose_method!r}.")
+        check_compose_method(compose_method)
         self.pad_token_id = int(pad_id)
         self.pad_to_multiple_of = pad_to_multiple_of
         self.compose_method = compose_method

@@ -53,11 +53,11 @@ from transformers.training_args import OptimizerNames
 from .data import (
     MAX_CONTEXT_TOKENS,
     MAX_CONVERSATION_TOKENS,
-    TRAINING_COMPOSE_METHODS,
     DataError,
     ShineDataCollator,
     add_shine_special_tokens,
     check_compose_chunks,
+    check_compose_method,
     load_qa_dataset,
     load_text_dataset,
     pretraining_records,
@@ -246,13 +246,11 @@ class ShineDataArguments:
         _check_at_least(self, ("max_context_tokens", "max_conversation_tokens"), 1, optional=True)
         try:
             check_compose_chunks(self.compose_chunks, split_qa=self.split_qa, pack_contexts=self.pack_contexts)
+            check_compose_method(self.compose_method)
         except DataError as error:
             raise TrainingError(str(error)) from error
         if self.compose_chunks > 1 and self.stage != "ift":
             raise TrainingError("compose_chunks > 1 groups QA records: it needs stage 'ift'.")
-        if self.compose_method not in TRAINING_COMPOSE_METHODS:
-            raise TrainingError(f"compose_method must be one of {', '.join(TRAINING_COMPOSE_METHODS)}, "
-                                f"not {self.compose_method!r}.")
 
 
 @dataclass
