@@ -40,6 +40,13 @@ reached test F1 0.998 in 40 minutes (4468 steps); the same with ``--lr 1e-3 --se
 validation 0.96 (step 1500) and ended at 0.747 (employee counts lost again): not robust to seed and
 learning rate yet, so keep the best validation checkpoint in mind.
 
+Two row kinds serve the long-documents experiments (``benchmarks/RESULTS.md``), not the shipped
+weights (both default to 0): ``--joined-fraction`` joins 2..``--max-joined`` documents of different
+people into one prompt, so the name in a question must pick its person's sentences; and
+``--closed-book-fraction`` asks about ``--closed-book-entities`` known training entities WITHOUT
+their document, so their fixed facts (``known_facts``) must live in the weights: the path from a
+name in the question to a stored fact that a pretrained LLM has and a generated LoRA writes into.
+
 Training runs on ``transformers.Trainer`` (batches padded by ``DataCollatorForSeq2Seq``) with the
 recipe's own AdamW and schedule (``recipe_optimizer``); it gives bit-identical weights to the
 hand-written loop that made the shipped ones. Everything is deterministic given ``--seed`` (single
@@ -88,6 +95,7 @@ from shine_hf.testing.tokenizers import QWEN3_CHAT_TEMPLATE
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>", "<think>", "</think>",
                   *SHINE_SPECIAL_TOKENS)
+KNOWN_FACTS_SEED = 4242
 EXTRA_WORDS = (
     "system user assistant question answer context document the a an of and in on at to is was "
     "who what when where which how many much does did do has have be are with for from by it "
@@ -151,6 +159,15 @@ def fresh_training_documents(train_entities: set[str], seed: int) -> list[dict]:
     return synthetic_facts_about(train_entities, [seed], **FACTS_DATA).to_list()
 
 
+def known_facts(train_entities: set[str], count: int) -> list[dict]:
+    """Fixed facts about the first ``count`` training entities (sorted by name), for closed-book rows:
+    questions without a document whose answers the backbone must hold in its weights, as a
+    pretrained LLM holds what it knows about people. That gives the backbone a path from the name
+    in a question to the answer, the path a generated LoRA writes new facts into."""
+    known = sorted(train_entities)[:count]
+    return synthetic_facts_about(known, [KNOWN_FACTS_SEED], **FACTS_DATA).to_list()
+
+
 class TrainingRows(torch.utils.data.IterableDataset):
     """The endless stream of training rows (``input_ids`` + ``labels``), batch after batch.
 
@@ -165,6 +182,7 @@ class TrainingRows(torch.utils.data.IterableDataset):
         self.train_entities = train_entities
         self.args = args
         self.format = chat_format(tokenizer)
+        self.known = known_facts(train_entities, args.closed_book_entities) if args.closed_book_fraction else []
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -187,6 +205,20 @@ class TrainingRows(torch.utils.data.IterableDataset):
         ids = self._ids(context)
         return {"input_ids": ids + ids, "labels": [IGNORE_INDEX] * len(ids) + ids}
 
+    def join(self, doc: dict, pool: list[dict], count: int) -> dict:
+        """``count`` documents (``doc`` and the next ones of the pool) joined by spaces, as the long-
+        documents benchmark joins them, with the questions about every one: the name in a question
+        must pick its person's sentences. Other people's documents come from the pool, never the
+        same entity twice."""
+        parts = [doc]
+        while len(parts) < count and pool:
+            nxt = pool.pop()
+            if not set(nxt["entities"]) & {e for p in parts for e in p["entities"]}:
+                parts.append(nxt)
+        return {"context": " ".join(p["context"] for p in parts),
+                "questions": [q for p in parts for q in p["questions"]],
+                "answers": [a for p in parts for a in p["answers"]]}
+
     def __iter__(self) -> Iterator[dict[str, list[int]]]:
         args = self.args
         rng = random.Random(args.seed)
@@ -207,6 +239,19 @@ class TrainingRows(torch.utils.data.IterableDataset):
                 if row < n_lm + n_copy:
                     yield self.copy(doc["context"])
                     continue
+                if args.closed_book_fraction and rng.random() < args.closed_book_fraction:
+                    known = rng.choice(self.known)
+                    order = list(range(len(known["questions"])))
+                    rng.shuffle(order)
+                    turns = rng.randint(1, args.max_turns)
+                    system = None if rng.random() < args.no_system_fraction else DEFAULT_SYSTEM_PROMPT
+                    conversation = tokenize_conversation(
+                        self.tokenizer, [known["questions"][k] for k in order[:turns]],
+                        [known["answers"][k] for k in order[:turns]], fmt=self.format, system_prompt=system)
+                    yield {"input_ids": conversation.input_ids, "labels": conversation.labels}
+                    continue
+                if args.joined_fraction and rng.random() < args.joined_fraction:
+                    doc = self.join(doc, pool, rng.randint(2, args.max_joined))
                 order = list(range(len(doc["questions"])))
                 rng.shuffle(order)
                 turns = rng.randint(1, args.max_turns)
@@ -255,6 +300,16 @@ def respread_embeddings(model, tokenizer, seed: int) -> None:
             weight[ids] = weight[ids].mean(dim=0) + noise
 
 
+def joined_records(records, count: int) -> list[dict]:
+    """Consecutive groups of ``count`` records joined by spaces (as the long-documents benchmark
+    joins held-out documents), with the questions about every person in the group."""
+    records = list(records)
+    return [{"context": " ".join(r["context"] for r in group),
+             "questions": [q for r in group for q in r["questions"]],
+             "answers": [a for r in group for a in r["answers"]]}
+            for group in (records[i:i + count] for i in range(0, len(records) - count + 1, count))]
+
+
 def in_context_f1(model, tokenizer, records, limit: int | None = None) -> dict[str, float]:
     """F1 / EM of the in-context prompt, plus F1 per question type (``by_type``)."""
     from shine_hf.evaluation import evaluate_backbone, f1_by_question_type
@@ -264,6 +319,14 @@ def in_context_f1(model, tokenizer, records, limit: int | None = None) -> dict[s
     by_type = f1_by_question_type(scores.pop("predictions"), fact_attribute)
     scores["by_type"] = {kind: round(f1, 3) for kind, f1 in by_type.items()}
     return scores
+
+
+def closed_book_f1(model, tokenizer, records) -> float:
+    """F1 of questions asked without their document (the known entities' facts, from the weights)."""
+    from shine_hf.evaluation import evaluate_qa
+
+    return evaluate_qa(model, records, ("question_only",), tokenizer=tokenizer,
+                       system_prompt=DEFAULT_SYSTEM_PROMPT)["question_only"]["f1"]
 
 
 def recipe_optimizer(model, args) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
@@ -286,8 +349,9 @@ class ValidationAndBudget(TrainerCallback):
     """In-context F1 on validation documents every ``--eval-every`` steps, at the last step and when
     stopping; stops at ``--stop-step`` or after ``--max-minutes`` (counted from the script's start)."""
 
-    def __init__(self, args, tokenizer, validation, history: list, start: float) -> None:
+    def __init__(self, args, tokenizer, validation, history: list, start: float, train_entities=()) -> None:
         self.args, self.tokenizer, self.validation = args, tokenizer, validation
+        self.train_entities = set(train_entities)
         self.history, self.start = history, start
 
     def on_step_end(self, training_args, state, control, model=None, **kwargs):
@@ -297,6 +361,13 @@ class ValidationAndBudget(TrainerCallback):
         if step % args.eval_every == 0 or step == args.steps or stop:
             model.eval()
             scores = in_context_f1(model, self.tokenizer, self.validation, limit=args.eval_docs)
+            if args.closed_book_fraction:
+                known = known_facts(self.train_entities, args.closed_book_entities)[:args.eval_docs]
+                scores["closed_book_f1"] = closed_book_f1(model, self.tokenizer, known)
+            if args.joined_fraction:
+                joined = in_context_f1(model, self.tokenizer, joined_records(self.validation, 4),
+                                       limit=max(1, args.eval_docs // 4))
+                scores["joined_4_f1"] = joined["f1"]
             model.train()
             self.history.append({"step": step, "minutes": round(elapsed, 2), **scores})
             print(f"[validation] step {step}: {scores}", flush=True)
@@ -331,6 +402,13 @@ def main(argv=None) -> int:
                         help="share of QA rows without the system prompt")
     parser.add_argument("--max-turns", type=int, default=6,
                         help="QA turns per training row: 1..max-turns (turn 1 carries the document)")
+    parser.add_argument("--joined-fraction", type=float, default=0.0,
+                        help="share of QA rows whose document is 2..--max-joined documents joined (several people: "
+                             "the question's name must pick the right sentences)")
+    parser.add_argument("--max-joined", type=int, default=4, help="most documents joined in one row")
+    parser.add_argument("--closed-book-fraction", type=float, default=0.0,
+                        help="share of QA rows that ask, without a document, about known entities (see known_facts)")
+    parser.add_argument("--closed-book-entities", type=int, default=200, help="how many training entities are known")
     parser.add_argument("--eval-every", type=int, default=500)
     parser.add_argument("--eval-docs", type=int, default=40)
     parser.add_argument("--threads", type=int, default=1)
@@ -370,7 +448,7 @@ def main(argv=None) -> int:
         train_dataset=TrainingRows(tokenizer, train_entities, args),
         data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX),
         optimizers=recipe_optimizer(model, args),
-        callbacks=[ValidationAndBudget(args, tokenizer, validation, history, start)],
+        callbacks=[ValidationAndBudget(args, tokenizer, validation, history, start, train_entities)],
     )
     trainer.train()
 
@@ -382,6 +460,7 @@ def main(argv=None) -> int:
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     test = in_context_f1(model, tokenizer, splits["test"])
+    test_joined = in_context_f1(model, tokenizer, joined_records(splits["test"], 4))
     summary = {
         "command": "python scripts/make_small_backbone.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "args": vars(args),
@@ -390,6 +469,7 @@ def main(argv=None) -> int:
         "steps_done": history[-1]["step"] if history else 0,
         "validation_history": history,
         "test_in_context": test,
+        "test_in_context_4_joined": test_joined,
     }
     (out / "training_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2), flush=True)
