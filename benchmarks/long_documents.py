@@ -27,6 +27,9 @@ drawn in `K // 4` seeded orders of the 100 test documents (so every position get
 questions at both sizes). Then peak memory: in fresh processes, the peak resident set (Linux
 VmHWM, reset after loading the model) of internalizing one chunk and a 16-chunk document.
 
+Each hypernetwork runs on the backbone its config names (`--backbone` puts them all on one); the
+in-context condition uses the first one's backbone.
+
     python benchmarks/long_documents.py --hypernetwork composed=/tmp/compose-mean \\
         --output benchmarks/long-documents.json --plot benchmarks/long-documents.png
 """
@@ -48,7 +51,7 @@ from typing import Any
 import torch
 
 from shine_hf import ShineAdapter, ShineForCausalLM
-from shine_hf.assets import FACTS_BACKBONE, FACTS_CONTEXT_TEMPLATE, FACTS_DATA, FACTS_SHINE
+from shine_hf.assets import FACTS_CONTEXT_TEMPLATE, FACTS_DATA, FACTS_SHINE
 from shine_hf.evaluation.metrics import f1_score
 from shine_hf.modeling.chunking import split_text
 from shine_hf.modeling.configuration_shine import DEFAULT_SYSTEM_PROMPT
@@ -270,6 +273,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--hypernetwork", action="append", default=[], metavar="NAME=PATH",
                         help="a SHINE checkpoint for facts-llama to measure (repeatable; default: "
                              f"shipped={FACTS_SHINE})")
+    parser.add_argument("--backbone", default=None,
+                        help="run every hypernetwork on this backbone (default: each on the one its config names)")
     parser.add_argument("--sizes", default="4,16", help="chunks per long document")
     parser.add_argument("--chunk-tokens", type=int, default=None,
                         help="chunk size (default: the token count of the longest test document)")
@@ -283,8 +288,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     hypernetworks = dict(spec.split("=", 1) for spec in args.hypernetwork) or {"shipped": str(FACTS_SHINE)}
-    models = {name: ShineForCausalLM.from_pretrained(path, backbone=str(FACTS_BACKBONE)).eval()
-              for name, path in hypernetworks.items()}
+    backbone = {"backbone": args.backbone} if args.backbone else {}
+    models = {name: ShineForCausalLM.from_pretrained(path, **backbone).eval() for name, path in hypernetworks.items()}
     first = next(iter(models.values()))
     test = synthetic_facts(**FACTS_DATA)["test"]
     chunk_tokens = args.chunk_tokens or max(len(first.tokenizer(c, add_special_tokens=False)["input_ids"])
