@@ -235,6 +235,8 @@ def foreign_adapter(tmp_path_factory):
         (["-d", "{tmp}/doc.txt", "--dtype", "float8"], "Unknown dtype 'float8'"),
         (["-d", "{tmp}/doc.txt", "--compose", "sum"], "--compose"),
         (["-d", "{tmp}/doc.txt", "--max-new-tokens", "0"], "--max-new-tokens"),
+        (["-d", "{tmp}/doc.txt", "--chunk-tokens", "8", "--overlap-tokens", "8"],
+         "must be smaller than --chunk-tokens"),
         (["-d", "{tmp}/doc.txt", "--model", "{tmp}/no-checkpoint"], "No such checkpoint directory"),
     ],
 )

@@ -31,6 +31,14 @@ def check_device(device: str | None) -> None:
         raise InvalidInputError(f"Cannot use the device {device!r}: {first_line(error)}") from None
 
 
+def check_chunk_options(chunk_tokens: int | None, overlap_tokens: int) -> None:
+    """Raise InvalidInputError, naming the options, for an overlap that would never let chunking
+    advance; before the model is loaded (`internalize_documents` checks the rest against the model)."""
+    if chunk_tokens is not None and overlap_tokens >= chunk_tokens:
+        raise InvalidInputError(f"--overlap-tokens ({overlap_tokens}) must be smaller than --chunk-tokens "
+                                f"({chunk_tokens}), or chunking would never advance.")
+
+
 @contextlib.contextmanager
 def _without_transformers_progress_bars() -> Iterator[None]:
     """transformers' own loading bars off for the block (a rich spinner says what is loading)."""

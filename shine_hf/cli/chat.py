@@ -88,7 +88,7 @@ def chat_command(
     """
     from ..modeling.errors import InvalidInputError
     from ._documents import read_documents
-    from ._model import compose_adapters, internalize_documents, load_model
+    from ._model import check_chunk_options, compose_adapters, internalize_documents, load_model
 
     interactive = sys.stdin.isatty()
     notes = console if interactive else error_console  # through a pipe, stdout carries the answers only
@@ -96,6 +96,7 @@ def chat_command(
         if not document and not adapter:
             raise InvalidInputError("Nothing to chat about: give --document FILE or --adapter DIR (or several).")
         documents = read_documents(document or [])
+        check_chunk_options(chunk_tokens, overlap_tokens)
         template = _in_context_template(context_template)
         saved = [_read_adapter(name) for name in adapter or []]
         loaded = load_model(model, backbone=backbone, revision=revision, dtype=dtype, device=device,

@@ -60,7 +60,7 @@ def internalize_command(
     """
     from ..modeling.errors import InvalidInputError
     from ._documents import check_unique_names, read_documents
-    from ._model import compose_adapters, describe, internalize_documents, load_model
+    from ._model import check_chunk_options, compose_adapters, describe, internalize_documents, load_model
 
     with fail_cleanly():
         docs = read_documents(documents)
@@ -70,9 +70,7 @@ def internalize_command(
             raise InvalidInputError(f"--compose-all {compose_all!r} is not a plain name: give the adapter's "
                                     f"directory name inside --out.")
         targets = _check_out(out, [compose_all] if compose_all is not None else [doc.name for doc in docs])
-        if chunk_tokens is not None and overlap_tokens >= chunk_tokens:
-            raise InvalidInputError(f"--overlap-tokens ({overlap_tokens}) must be smaller than --chunk-tokens "
-                                    f"({chunk_tokens}), or chunking would never advance.")
+        check_chunk_options(chunk_tokens, overlap_tokens)
         loaded = load_model(model, backbone=backbone, revision=revision, dtype=dtype, device=device, console=console)
         items = internalize_documents(loaded, docs, batch_size=batch_size, chunk_tokens=chunk_tokens,
                                       overlap_tokens=overlap_tokens, compose=compose.value, console=console)
