@@ -39,6 +39,7 @@ class ProbeAndBudget(TrainerCallback):
 
     def __init__(self, records, every: int, cpu_minutes: float, history: list) -> None:
         self.records, self.every, self.history = records, every, history
+        self.last_loss: float | None = None  # the training loss last logged
         self.deadline = time.process_time() + cpu_minutes * 60
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -49,10 +50,10 @@ class ProbeAndBudget(TrainerCallback):
         stop = time.process_time() > self.deadline
         if state.global_step % self.every == 0 or stop:
             f1 = composed_f1(model, self.records, "concat")
-            loss = getattr(self, "last_loss", None)
-            self.history.append({"step": state.global_step, "training_loss": loss, "other_groupings_f1": f1})
-            print(f"[probe] step {state.global_step}: training loss {loss}, concat F1 on other groupings of the "
-                  f"training documents {f1:.3f}", flush=True)
+            self.history.append({"step": state.global_step, "training_loss": self.last_loss,
+                                 "other_groupings_f1": f1})
+            print(f"[probe] step {state.global_step}: training loss {self.last_loss}, concat F1 on other "
+                  f"groupings of the training documents {f1:.3f}", flush=True)
         control.should_training_stop = stop
         return control
 

@@ -351,8 +351,11 @@ class ValidationAndBudget(TrainerCallback):
 
     def __init__(self, args, tokenizer, validation, history: list, start: float, train_entities=()) -> None:
         self.args, self.tokenizer, self.validation = args, tokenizer, validation
-        self.train_entities = set(train_entities)
         self.history, self.start = history, start
+        # the extra validation sets of the long-documents row kinds, built once
+        self.known = (known_facts(set(train_entities), args.closed_book_entities)[:args.eval_docs]
+                      if args.closed_book_fraction else [])
+        self.joined = joined_records(validation, 4)[:max(1, args.eval_docs // 4)] if args.joined_fraction else []
 
     def on_step_end(self, training_args, state, control, model=None, **kwargs):
         step, args = state.global_step, self.args
@@ -361,13 +364,10 @@ class ValidationAndBudget(TrainerCallback):
         if step % args.eval_every == 0 or step == args.steps or stop:
             model.eval()
             scores = in_context_f1(model, self.tokenizer, self.validation, limit=args.eval_docs)
-            if args.closed_book_fraction:
-                known = known_facts(self.train_entities, args.closed_book_entities)[:args.eval_docs]
-                scores["closed_book_f1"] = closed_book_f1(model, self.tokenizer, known)
-            if args.joined_fraction:
-                joined = in_context_f1(model, self.tokenizer, joined_records(self.validation, 4),
-                                       limit=max(1, args.eval_docs // 4))
-                scores["joined_4_f1"] = joined["f1"]
+            if self.known:
+                scores["closed_book_f1"] = closed_book_f1(model, self.tokenizer, self.known)
+            if self.joined:
+                scores["joined_4_f1"] = in_context_f1(model, self.tokenizer, self.joined)["f1"]
             model.train()
             self.history.append({"step": step, "minutes": round(elapsed, 2), **scores})
             print(f"[validation] step {step}: {scores}", flush=True)
