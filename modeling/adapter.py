@@ -141,23 +141,31 @@ class ShineAdapter:
 
     @classmethod
     def stack(cls, adapters: Sequence[ShineAdapter]) -> ShineAdapter:
-        """Concatenate adapters along the batch axis (e.g. to generate with one adapter per row)."""
+        """Concatenate adapters along the batch axis (e.g. to generate with one adapter per row).
+
+        Adapters of different ranks (a composed one beside a single one) are padded with zero rank
+        columns to the largest rank of each module; their deltas are unchanged."""
+        from .composition import stack_loras
+
         if not adapters:
             raise ValueError("stack() needs at least one adapter")
         first = adapters[0]
         for other in adapters[1:]:
-            first.check_same_layout(other)
-        lora = {
-            layer: {
-                name: LoraWeights(
-                    torch.cat([a.lora[layer][name].A for a in adapters]),
-                    torch.cat([a.lora[layer][name].B for a in adapters]),
-                    None if w.C is None else torch.cat([a.lora[layer][name].C for a in adapters]),
-                )
-                for name, w in modules.items()
+            first.check_same_layout(other, ignore_rank=True)
+        if all(other._layout() == first._layout() for other in adapters[1:]):
+            lora = {
+                layer: {
+                    name: LoraWeights(
+                        torch.cat([a.lora[layer][name].A for a in adapters]),
+                        torch.cat([a.lora[layer][name].B for a in adapters]),
+                        None if w.C is None else torch.cat([a.lora[layer][name].C for a in adapters]),
+                    )
+                    for name, w in modules.items()
+                }
+                for layer, modules in first.lora.items()
             }
-            for layer, modules in first.lora.items()
-        }
+        else:
+            lora = stack_loras([a.lora for a in adapters])
         return first._with(lora)
 
     @classmethod

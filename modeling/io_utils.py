@@ -4,7 +4,8 @@
 succeeds, the staging directory becomes `target`:
 
 - `target` does not exist: one `rename`.
-- `target` holds only files an earlier save of the same kind wrote (`owns(name)`): the two
+- `target` holds only files (and directories, `owns_directory(name)`) an earlier save of the same
+  kind wrote (`owns(name)`): the two
   directories are swapped in one atomic step (`renameat2(RENAME_EXCHANGE)` on Linux; elsewhere two
   renames, with the old directory parked under a hidden name in between) and the old one is
   removed. A reader sees the old checkpoint or the new one, never a mixture.
@@ -90,6 +91,7 @@ def atomic_directory(
     target: str | os.PathLike,
     owns: Callable[[str], bool] | None = None,
     marker: str | None = None,
+    owns_directory: Callable[[str], bool] | None = None,
 ) -> Iterator[Path]:
     """Yield a staging directory; on success it replaces `target` (see the module docstring).
 
@@ -100,6 +102,8 @@ def atomic_directory(
             directory's other entries are always kept.
         marker: The file whose presence says the directory is complete; removed first and moved
             in last when files are replaced one by one.
+        owns_directory: The same for top-level directories (a save made of sub-directories, such as
+            one adapter per chunk). Default: no directory is owned.
 
     If the body raises, the staging directory is removed and `target` is left as it was.
     """
@@ -116,11 +120,18 @@ def atomic_directory(
             os.rename(staging, target)
             return
         owns = owns or (lambda name: False)
+        owns_directory = owns_directory or (lambda name: False)
+
+        def owned(name: str) -> bool:
+            entry = target / name
+            return (owns(name) and entry.is_file()) or (owns_directory(name) and entry.is_dir()
+                                                         and not entry.is_symlink())
+
         existing = [entry.name for entry in target.iterdir()]
-        if all(owns(name) and (target / name).is_file() for name in existing):
+        if all(owned(name) for name in existing):
             _swap_whole(staging, target)
         else:
-            _replace_files(staging, target, [n for n in existing if owns(n) and (target / n).is_file()], marker)
+            _replace_files(staging, target, [n for n in existing if owned(n)], marker)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -141,7 +152,10 @@ def _replace_files(staging: Path, target: Path, owned_existing: list[str], marke
         os.remove(target / marker)
     for name in owned_existing:
         if name not in new_names and name != marker:
-            os.remove(target / name)
+            if (target / name).is_dir():
+                shutil.rmtree(target / name)
+            else:
+                os.remove(target / name)
     for name in sorted(new_names - {marker}):
         source, destination = staging / name, target / name
         if destination.is_dir() and not source.is_dir():

@@ -289,6 +289,10 @@ class ShineForCausalLM(ShinePreTrainedModel, TextGenerationMixin, GenerationMixi
         of `batch_size` rows (one adapter for all rows, or one per row)."""
         if adapter is None:
             return None
+        if not isinstance(adapter, ShineAdapter):
+            hint = (" A routed adapter picks one adapter per question: use generate_text, or pass "
+                    "adapter.adapters_for(questions)." if hasattr(adapter, "adapters_for") else "")
+            raise InvalidInputError(f"adapter must be a ShineAdapter, got {type(adapter).__name__}.{hint}")
         adapter.check_compatible(self.layers_path, self.targets, self.config.num_hidden_layers)
         if batch_size is not None and len(adapter) not in (1, batch_size):
             raise IncompatibleAdapterError(

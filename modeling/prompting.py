@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from .errors import InvalidInputError
 from .inputs import pad_token_ids
 
 EMPTY_THINK_BLOCK = "<think>\n\n</think>\n\n"
@@ -129,12 +130,18 @@ class TextGenerationMixin:
 
         Args:
             question: One question or a list.
-            adapter: A `ShineAdapter` holding one adapter (used for every question) or one per question.
+            adapter: A `ShineAdapter` holding one adapter (used for every question) or one per question,
+                or a `shine_hf.routing.RoutedAdapter` (each question answered from the chunks it matches).
             adapter_index: For an adapter batch of another size than the questions: the adapter row
                 each question uses (e.g. `[0, 0, 1, 1]` for two questions about each of two documents).
         """
         tokenizer = self._require_tokenizer()
         questions = [question] if isinstance(question, str) else list(question)
+        if adapter is not None and hasattr(adapter, "adapters_for"):  # routed: each question picks its chunks
+            if adapter_index is not None:
+                raise InvalidInputError("adapter_index does not apply to a routed adapter: it picks the chunks of "
+                                        "every question itself.")
+            adapter = adapter.adapters_for(questions)
         if context is not None:
             contexts = [context] * len(questions) if isinstance(context, str) else list(context)
             questions = [in_context_question(c, q, context_template) for c, q in zip(contexts, questions, strict=True)]

@@ -1,0 +1,224 @@
+"""Routing questions to chunk adapters: a long document kept as one adapter per chunk plus its text.
+
+Composing every chunk's LoRA into one adapter (`ShineAdapter.compose`) asks the hypernetwork to
+write deltas that add up without interfering: each chunk's delta must act only on questions about
+that chunk. A `RoutedAdapter` does not ask that of the weights. It keeps each chunk's adapter and
+the chunk's text, scores the chunks against each question with BM25 (Okapi BM25+, over lower-cased
+words; `rank_bm25`), and answers the question with the composition of its `top_k` best chunks'
+adapters. This is retrieval, done once per question over the chunk *texts*; the answer still comes
+from the weights, with no document in the prompt.
+
+- `top_k=1`: the question is answered from the one chunk that matches it best, with that chunk's
+  adapter as it is (no composition).
+- `top_k > 1`: the chunks' adapters are composed with `method` (`concat` or `mean`, as
+  `ShineAdapter.compose`), in document order.
+- A question that shares no word with any chunk (all scores equal) gets the composition of every
+  chunk: nothing says which chunk it is about.
+
+A router saves as a directory (`save_pretrained`): one standard PEFT adapter per chunk in
+`chunk-00000/`, `chunk-00001/`, … and `shine_router.json` with the chunk texts and the routing
+settings. `RoutedAdapter.from_pretrained` reads it back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .modeling.adapter import ShineAdapter
+from .modeling.composition import COMPOSE_METHODS
+from .modeling.errors import CheckpointError, InvalidInputError
+from .modeling.io_utils import atomic_directory
+
+if TYPE_CHECKING:
+    from .modeling import ShineForCausalLM
+
+__all__ = ["ROUTER_CONFIG_NAME", "ROUTE_METHODS", "RoutedAdapter", "is_router_directory"]
+
+ROUTER_CONFIG_NAME = "shine_router.json"
+ROUTER_FORMAT_VERSION = 1
+ROUTE_METHODS = tuple(m for m in COMPOSE_METHODS if m != "weighted")
+_WORD = re.compile(r"\w+")
+
+
+def _words(text: str) -> list[str]:
+    return _WORD.findall(text.lower())
+
+
+def _chunk_directory(index: int) -> str:
+    return f"chunk-{index:05d}"
+
+
+def _is_chunk_directory(name: str) -> bool:
+    return re.fullmatch(r"chunk-\d{5}", name) is not None
+
+
+def is_router_directory(path: str | os.PathLike) -> bool:
+    """Whether `path` is a directory written by `RoutedAdapter.save_pretrained`."""
+    return (Path(path) / ROUTER_CONFIG_NAME).is_file()
+
+
+class RoutedAdapter:
+    """Chunk adapters with their chunk texts; each question is answered from the chunks it matches best.
+
+    Pass it wherever `generate_text` takes an adapter: `model.generate_text(questions, adapter=router)`
+    picks the adapter of every question (`adapters_for`).
+
+    Args:
+        adapters: One adapter per chunk (a `ShineAdapter` batch, or a list of single adapters).
+        chunks: The chunk texts, in the same order (what the router matches questions against).
+        top_k: Chunks composed per question (1: the best chunk's adapter alone).
+        method: How the `top_k` chunk adapters are composed: "concat" (the sum of their deltas) or
+            "mean" (their average). Use the rule the hypernetwork was trained to compose with.
+
+    Raises:
+        InvalidInputError: no chunks, a chunk count that differs from the adapter count, a `top_k`
+            outside 1..number of chunks, or an unknown method.
+    """
+
+    def __init__(
+        self,
+        adapters: ShineAdapter | Sequence[ShineAdapter],
+        chunks: Sequence[str],
+        *,
+        top_k: int = 1,
+        method: str = "concat",
+    ) -> None:
+        from rank_bm25 import BM25Plus
+
+        if not isinstance(adapters, ShineAdapter):
+            if not adapters:
+                raise InvalidInputError("A RoutedAdapter needs at least one chunk adapter.")
+            adapters = ShineAdapter.stack(list(adapters))
+        chunks = list(chunks)
+        if not chunks or not all(isinstance(c, str) for c in chunks):
+            raise InvalidInputError("chunks must be a non-empty list of the chunk texts.")
+        if len(chunks) != len(adapters):
+            raise InvalidInputError(f"{len(chunks)} chunk texts for {len(adapters)} chunk adapters: give one text per "
+                                    f"adapter, in the same order.")
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= len(chunks):
+            raise InvalidInputError(f"top_k must be an integer from 1 to the number of chunks ({len(chunks)}), "
+                                    f"got {top_k!r}.")
+        if method not in ROUTE_METHODS:
+            raise InvalidInputError(f"Unknown method {method!r} for composing routed chunks: choose one of "
+                                    f"{', '.join(ROUTE_METHODS)}.")
+        self.adapters = adapters
+        self.chunks = chunks
+        self.top_k = top_k
+        self.method = method
+        self._index = BM25Plus([_words(chunk) for chunk in chunks])
+
+    @classmethod
+    def from_document(
+        cls,
+        model: ShineForCausalLM,
+        document: str,
+        *,
+        chunk_tokens: int,
+        overlap_tokens: int = 0,
+        top_k: int = 1,
+        method: str = "concat",
+        chunk_batch_size: int = 8,
+        show_progress: bool | None = None,
+    ) -> RoutedAdapter:
+        """Internalize `document` in chunks (as `model.internalize(document, chunk_tokens=...)` cuts
+        them) and keep every chunk's adapter with its text.
+
+        Raises:
+            InvalidInputError: the document is not a string, or the chunking options are bad (see
+                `ShineForCausalLM.internalize`).
+        """
+        from .modeling.chunking import check_chunking, split_text
+
+        if not isinstance(document, str):
+            raise InvalidInputError(f"RoutedAdapter.from_document reads one text document, got "
+                                    f"{type(document).__name__}.")
+        check_chunking(chunk_tokens, overlap_tokens, model.max_context_tokens)
+        adapters = model.internalize(document, chunk_tokens=chunk_tokens, overlap_tokens=overlap_tokens, compose=None,
+                                     chunk_batch_size=chunk_batch_size, show_progress=show_progress)
+        chunks = split_text(document, model._require_tokenizer(), chunk_tokens, overlap_tokens)
+        return cls(adapters, chunks, top_k=top_k, method=method)
+
+    def __len__(self) -> int:
+        """The number of chunks."""
+        return len(self.chunks)
+
+    def scores(self, question: str) -> list[float]:
+        """The BM25+ score of every chunk for `question` (higher: a better match)."""
+        return [float(s) for s in self._index.get_scores(_words(question))]
+
+    def route(self, question: str) -> list[int]:
+        """The chunks `question` is answered from, in document order: its `top_k` best (ties to the
+        earlier chunk), or every chunk when no chunk matches better than another."""
+        scores = self.scores(question)
+        if max(scores) == min(scores):
+            return list(range(len(scores)))
+        ranked = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+        return sorted(ranked[: self.top_k])
+
+    def adapter_for(self, question: str) -> ShineAdapter:
+        """The adapter that answers `question`: its routed chunks' adapters, composed with `method`."""
+        rows = self.route(question)
+        if len(rows) == 1:
+            return self.adapters[rows[0]]
+        return ShineAdapter.compose([self.adapters[i] for i in rows], method=self.method)
+
+    def adapters_for(self, questions: Sequence[str]) -> ShineAdapter:
+        """One adapter per question (a batch, for `generate_text`), ranks padded to the largest."""
+        if not questions:
+            raise InvalidInputError("No questions to route.")
+        return ShineAdapter.stack([self.adapter_for(q) for q in questions])
+
+    # ------------------------------------------------------------------ files
+    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
+        """Write every chunk's PEFT adapter (`chunk-00000/`, …) and `shine_router.json` (the chunk texts
+        and settings). The directory is assembled beside the target and then replaces an earlier
+        router's files in one step, so a failed save leaves the old router as it was."""
+        config = {"format_version": ROUTER_FORMAT_VERSION, "top_k": self.top_k, "method": self.method,
+                  "retriever": "bm25plus-words", "chunks": self.chunks}
+        with atomic_directory(save_directory, owns=ROUTER_CONFIG_NAME.__eq__, marker=ROUTER_CONFIG_NAME,
+                              owns_directory=_is_chunk_directory) as staging:
+            for index in range(len(self)):
+                self.adapters[index].save_pretrained(staging / _chunk_directory(index))
+            (staging / ROUTER_CONFIG_NAME).write_text(json.dumps(config, indent=1, ensure_ascii=False) + "\n",
+                                                      encoding="utf-8")
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, *, top_k: int | None = None,
+                        method: str | None = None, device: Any = None) -> RoutedAdapter:
+        """Read a router directory written by `save_pretrained` (`top_k` / `method` override the saved ones).
+
+        Raises:
+            CheckpointError: `shine_router.json` is missing or malformed, or a chunk adapter is missing.
+        """
+        directory = Path(directory)
+        path = directory / ROUTER_CONFIG_NAME
+        if not path.is_file():
+            raise CheckpointError(f"{directory} is not a saved RoutedAdapter: {ROUTER_CONFIG_NAME} is missing.")
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+            chunks = config["chunks"]
+            version = config["format_version"]
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
+            raise CheckpointError(f"{path} is not a valid router file: {error}") from error
+        if version != ROUTER_FORMAT_VERSION:
+            raise CheckpointError(f"{path} has router format {version!r}; this version of shine-hf reads "
+                                  f"{ROUTER_FORMAT_VERSION}.")
+        if not isinstance(chunks, list) or not chunks:
+            raise CheckpointError(f"{path} lists no chunks.")
+        adapters = []
+        for index in range(len(chunks)):
+            chunk_dir = directory / _chunk_directory(index)
+            if not chunk_dir.is_dir():
+                raise CheckpointError(f"{path} lists {len(chunks)} chunks, but {chunk_dir} is missing.")
+            adapters.append(ShineAdapter.from_pretrained(chunk_dir, device=device))
+        return cls(adapters, chunks, top_k=config.get("top_k", 1) if top_k is None else top_k,
+                   method=config.get("method", "concat") if method is None else method)
+
+    def __repr__(self) -> str:
+        return (f"RoutedAdapter(chunks={len(self)}, top_k={self.top_k}, method={self.method!r}, "
+                f"rank={self.adapters.rank}, base_model={self.adapters.base_model_name_or_path!r})")
