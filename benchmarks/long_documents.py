@@ -17,6 +17,11 @@ document; the script checks that). F1 (SQuAD) is reported per chunk position for
   `chunked <rule>, to_rank(r)`: that adapter re-factorised to the rank of one chunk's (truncated SVD);
 - `in-context`: the backbone with the whole document in its prompt, where it still fits its
   positions (4 chunks; 16 do not fit);
+- `routed top-1` / `routed top-2 <rule>` for each hypernetwork: the chunk adapters kept apart with
+  their texts (`shine_hf.RoutedAdapter`); each question is answered from the adapter of its
+  best-matching chunk (BM25 over words), or from its 2 best chunks' adapters composed with `rule`;
+- `in-context, routed chunk`: the backbone with each question's best-matching chunk in its prompt
+  (retrieval-augmented in-context: the baseline for routing);
 - `single chunk`: each chunk internalized alone and asked its own questions: the ceiling.
 
 Besides F1, each condition reports how often an answer is another part's answer to the same kind
@@ -50,7 +55,7 @@ from typing import Any
 
 import torch
 
-from shine_hf import ShineAdapter, ShineForCausalLM
+from shine_hf import RoutedAdapter, ShineAdapter, ShineForCausalLM
 from shine_hf.assets import FACTS_CONTEXT_TEMPLATE, FACTS_DATA, FACTS_SHINE
 from shine_hf.evaluation.metrics import f1_score
 from shine_hf.modeling.chunking import split_text
@@ -97,6 +102,40 @@ def chunked(rule: str, chunk_tokens: int, rank: int | None = None) -> Callable[[
                                     show_progress=False)
         return answer(model, document["questions"], adapter if rank is None else adapter.to_rank(rank))
     return run
+
+
+def routed(top_k: int, rule: str, chunk_tokens: int) -> Callable[[ShineForCausalLM, dict[str, Any]], list[str]]:
+    """Read the document in chunks and keep them apart (`RoutedAdapter`): each question is answered
+    from its `top_k` best-matching chunks (BM25), their adapters composed with `rule`."""
+    def run(model, document):
+        router = RoutedAdapter.from_document(model, document["context"], chunk_tokens=chunk_tokens, top_k=top_k,
+                                             method=rule, show_progress=False)
+        return answer(model, document["questions"], router)
+    return run
+
+
+def routed_in_context(chunk_tokens: int) -> Callable[[ShineForCausalLM, dict[str, Any]], list[str]]:
+    """Retrieval-augmented in-context baseline: the backbone with each question's best-matching chunk
+    (the one the router picks) in its prompt."""
+    def run(model, document):
+        chunks = split_text(document["context"], model.tokenizer, chunk_tokens, 0)
+        router = RoutedAdapter(model.internalize(chunks), chunks)  # the adapters are not used here
+        contexts = [" ".join(chunks[i] for i in router.route(q)) for q in document["questions"]]
+        system_prompt = model.config.system_prompt or DEFAULT_SYSTEM_PROMPT
+        return answer(model, document["questions"], context=contexts, context_template=FACTS_CONTEXT_TEMPLATE,
+                      system_prompt=system_prompt)
+    return run
+
+
+def routing_accuracy(model: ShineForCausalLM, documents: list[dict[str, Any]], chunk_tokens: int) -> float:
+    """Share of questions whose best-matching chunk (top-1 route) is the chunk they are about."""
+    hits = total = 0
+    for document in documents:
+        chunks = split_text(document["context"], model.tokenizer, chunk_tokens, 0)
+        router = RoutedAdapter(model.internalize(chunks), chunks)
+        hits += sum(router.route(q) == [p] for q, p in zip(document["questions"], document["positions"], strict=True))
+        total += len(document["questions"])
+    return hits / total
 
 
 def first_chunk(model, document):
@@ -239,7 +278,8 @@ def plot(sizes: dict[str, dict[str, Any]], hypernetworks: Sequence[str], path: P
     import matplotlib.pyplot as plt
 
     colors = {"single chunk": "black", "in-context (backbone)": "tab:purple", "first chunk": "tab:gray",
-              "one read": "tab:brown", "chunked concat": "tab:blue", "chunked mean": "tab:orange"}
+              "one read": "tab:brown", "chunked concat": "tab:blue", "chunked mean": "tab:orange",
+              "routed top-1": "tab:green", "routed top-2 concat": "tab:olive"}
     styles = ["--", "-", ":", "-."]
     fig, axes = plt.subplots(1, len(sizes), figsize=(6.2 * len(sizes), 4.4), sharey=True, squeeze=False)
     for ax, (size, result) in zip(axes[0], sizes.items(), strict=True):
@@ -247,9 +287,9 @@ def plot(sizes: dict[str, dict[str, Any]], hypernetworks: Sequence[str], path: P
             label, _, owner = name.partition(" [")
             owner = owner.rstrip("]")
             index = hypernetworks.index(owner) if owner else 0
-            if label not in colors or (index and not label.startswith("chunked")):
+            if label not in colors or (index and not label.startswith(("chunked", "routed"))):
                 continue
-            chunked_rule = label.startswith("chunked")
+            chunked_rule = label.startswith(("chunked", "routed"))
             legend = f"{label} [{owner}]" if chunked_rule else BASELINE_LEGENDS.get(label, label)
             ax.plot(range(1, len(row["per_position"]) + 1), row["per_position"],
                     styles[index % len(styles)] if chunked_rule else "-", color=colors[label],
@@ -262,7 +302,7 @@ def plot(sizes: dict[str, dict[str, Any]], hypernetworks: Sequence[str], path: P
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("answer F1 on the questions about that chunk")
     fig.legend(loc="lower center", ncol=4, fontsize=8, frameon=False)
-    fig.suptitle("SHINE on facts-llama: long documents read in chunks, chunk LoRAs composed", fontsize=11)
+    fig.suptitle("SHINE on facts-llama: long documents read in chunks, chunk LoRAs composed or routed", fontsize=11)
     fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -307,12 +347,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             for rule in RULES:
                 conditions[f"chunked {rule}, to_rank({rank}) [{name}]"] = score(model, documents,
                                                                                chunked(rule, chunk_tokens, rank))
+            conditions[f"routed top-1 [{name}]"] = score(model, documents, routed(1, "concat", chunk_tokens))
+            for rule in RULES:
+                conditions[f"routed top-2 {rule} [{name}]"] = score(model, documents, routed(2, rule, chunk_tokens))
             conditions[f"single chunk [{name}]"] = score(model, documents, single_chunks)
             print(f"{size} chunks, {name}: " + ", ".join(f"{k} {v['f1']:.3f}" for k, v in conditions.items()
                                                          if k.endswith(f"[{name}]")), flush=True)
         if all(fits_in_context(first, d) for d in documents):
             conditions["in-context (backbone)"] = score(first, documents, in_context)
-        sizes[str(size)] = {"documents": len(documents), "chunk_tokens": chunk_tokens,
+        conditions["in-context, routed chunk (backbone)"] = score(first, documents, routed_in_context(chunk_tokens))
+        accuracy = routing_accuracy(first, documents, chunk_tokens)
+        print(f"{size} chunks: top-1 route is the question's own chunk for {accuracy:.3f} of the questions")
+        sizes[str(size)] = {"documents": len(documents), "chunk_tokens": chunk_tokens, "routing_accuracy": accuracy,
                             "chunks_are_documents": check_chunks(first, documents, chunk_tokens),
                             "conditions": conditions}
     print_table(sizes)

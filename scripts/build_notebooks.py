@@ -551,8 +551,9 @@ LONG_DOCUMENTS = [
         In this notebook: a document longer than one reading pass is read in chunks, each chunk gets its
         LoRA, and the chunk LoRAs are composed into one adapter, exactly (ranks stacked: the sum of the
         chunks' weight deltas) or averaged. The same composition combines the adapters of separate
-        documents. Then the ways of composing are scored against the document in the prompt and the question
-        alone.
+        documents. Or the chunk adapters are kept apart and each question is routed to the chunks it is
+        about. Then the ways of composing and routing are scored against the document in the prompt and the
+        question alone.
 
         <<HARDWARE>>
         """),
@@ -640,9 +641,28 @@ LONG_DOCUMENTS = [
             print(f"Q: {question}\\n   SHINE, both documents: {answer} | gold: {gold[0]}")
         """),
     md("""
-        ## 5. Scores
+        ## 5. Routing: each question answered from the chunks it is about
 
-        Every question, answered with its document's adapter composed in each way, with the document in the
+        Summing chunk adapters asks the hypernetwork to write deltas that do not interfere. A `RoutedAdapter`
+        keeps the chunk adapters apart with their texts and, for each question, picks the chunk whose words
+        match it best (BM25), then answers from that chunk's adapter (`top_k=2`: the two best chunks'
+        adapters composed). The answer still comes from the weights: the prompt is the question alone.
+        `router.save_pretrained(dir)` writes one PEFT adapter per chunk plus the chunk texts.
+        """),
+    code("""
+        from shine_hf import RoutedAdapter
+
+        router = RoutedAdapter.from_document(model, document, chunk_tokens=CHUNK_TOKENS)
+        print(router)
+        for question, gold in questions:
+            picked = router.route(question)
+            answer = model.generate_text(question, adapter=router, max_new_tokens=MAX_NEW_TOKENS)
+            print(f"Q: {question} (chunk {picked})\\n   SHINE, routed: {answer} | gold: {gold[0]}")
+        """),
+    md("""
+        ## 6. Scores
+
+        Every question, answered with its document's adapter composed in each way or routed, with the document in the
         prompt, and with the question alone (SQuAD F1 and exact match). How well composed adapters answer
         depends on the hypernetwork: one trained on single passages was never asked to write adapters that
         add up, so measure it on your data rather than assume it. (The toy model the tests run this notebook
@@ -653,8 +673,8 @@ LONG_DOCUMENTS = [
 
         template = CONTEXT_TEMPLATE or IN_CONTEXT_TEMPLATE
         system = model.config.system_prompt
-        predictions = {"SHINE, chunks concat": [], "SHINE, chunks mean": [], "document in the prompt": [],
-                       "question alone": []}
+        predictions = {"SHINE, chunks concat": [], "SHINE, chunks mean": [], "SHINE, chunks routed": [],
+                       "document in the prompt": [], "question alone": []}
         golds = []
         for document, qa in documents.items():
             asked = [question for question, _ in qa]
@@ -664,6 +684,10 @@ LONG_DOCUMENTS = [
                 composition = ShineAdapter.compose(chunk_adapters, method)
                 predictions[f"SHINE, chunks {method}"] += model.generate_text(asked, adapter=composition,
                                                                              max_new_tokens=MAX_NEW_TOKENS)
+            chunks = split_text(document, model.tokenizer, CHUNK_TOKENS, 0)
+            router = RoutedAdapter(chunk_adapters, chunks)
+            predictions["SHINE, chunks routed"] += model.generate_text(asked, adapter=router,
+                                                                       max_new_tokens=MAX_NEW_TOKENS)
             predictions["document in the prompt"] += model.generate_text(
                 asked, context=document, context_template=template, system_prompt=system, max_new_tokens=MAX_NEW_TOKENS)
             predictions["question alone"] += model.generate_text(asked, system_prompt=system,

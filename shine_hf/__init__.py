@@ -32,6 +32,7 @@ if TYPE_CHECKING:
         ShineForCausalLM,
         UnsupportedBackboneError,
     )
+    from .routing import RoutedAdapter
 
 DISTRIBUTION = "shine-hf"
 
@@ -44,6 +45,7 @@ __all__ = [
     "IncompatibleAdapterError",
     "InvalidInputError",
     "ReferenceFormatError",
+    "RoutedAdapter",
     "ShineAdapter",
     "ShineConfig",
     "ShineError",
@@ -52,7 +54,7 @@ __all__ = [
     "__version__",
 ]
 # The module (relative to this package) that defines a public name, where it is not `.modeling`.
-_DEFINED_IN = {"ShineAdapter": ".adapter"}
+_DEFINED_IN = {"ShineAdapter": ".adapter", "RoutedAdapter": ".routing"}
 
 
 def _register_with_transformers() -> None:

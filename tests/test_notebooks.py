@@ -128,9 +128,12 @@ def test_long_documents_notebook_reads_in_chunks_and_scores_compositions(tmp_pat
     assert values["rank"] == 2 * 8  # concat: the chunks' ranks add up
     assert values["gap"] < 1e-6  # the same sum of deltas, composed in two places
     scores = values["scores"]
-    assert set(scores) == {"SHINE, chunks concat", "SHINE, chunks mean", "document in the prompt", "question alone"}
+    assert set(scores) == {"SHINE, chunks concat", "SHINE, chunks mean", "SHINE, chunks routed",
+                           "document in the prompt", "question alone"}
     assert all(0.0 <= s["f1"] <= 1.0 and s["n"] == 36 for s in scores.values())
-    assert "SHINE: " in printed and "SHINE, both documents: " in printed
+    # each question routed to its person's chunk, answered by that chunk's adapter as on single documents
+    assert scores["SHINE, chunks routed"]["f1"] == 1.0
+    assert "SHINE: " in printed and "SHINE, both documents: " in printed and "SHINE, routed: " in printed
 
 
 def test_released_checkpoint_notebook_converts_and_answers_with_a_4bit_backbone(tmp_path):
