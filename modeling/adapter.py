@@ -52,6 +52,15 @@ from .pretrained import is_local_reference
 ADAPTER_CARD_NAME = "README.md"
 # What an adapter save writes or replaces; other files in the directory are left alone.
 ADAPTER_FILES = frozenset({ADAPTER_CONFIG_NAME, ADAPTER_WEIGHTS_NAME, ADAPTER_PICKLE_WEIGHTS_NAME, ADAPTER_CARD_NAME})
+# What a router (`shine_hf.routing.RoutedAdapter`) saves: `shine_router.json` and one `chunk-NNNNN/`
+# adapter per chunk. Named here so that either kind of save replaces the other kind's files in a
+# directory (never a plain adapter beside a router's files, which would still load as the router).
+ROUTER_CONFIG_NAME = "shine_router.json"
+
+
+def is_router_chunk_directory(name: str) -> bool:
+    """Whether `name` is a router's chunk directory (`chunk-00000`, ...)."""
+    return re.fullmatch(r"chunk-\d{5}", name) is not None
 MERGED_ADAPTERS_ATTRIBUTE = "_shine_merged_adapters"
 
 
@@ -477,7 +486,11 @@ class ShineAdapter:
         state = self.peft_state_dict()
         config = self.peft_config
         card = render_card("adapter", self)
-        with atomic_directory(save_directory, owns=ADAPTER_FILES.__contains__, marker=ADAPTER_CONFIG_NAME) as staging:
+        # a router saved here before is replaced whole (its chunk directories too), not left beside the adapter
+        router = os.path.isfile(os.path.join(save_directory, ROUTER_CONFIG_NAME))
+        with atomic_directory(save_directory, marker=ADAPTER_CONFIG_NAME,
+                              owns=lambda name: name in ADAPTER_FILES or (router and name == ROUTER_CONFIG_NAME),
+                              owns_directory=is_router_chunk_directory if router else None) as staging:
             config.save_pretrained(str(staging))
             save_file(state, str(staging / ADAPTER_WEIGHTS_NAME), metadata={"format": "pt"})
             (staging / ADAPTER_CARD_NAME).write_text(card, encoding="utf-8")

@@ -29,7 +29,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .modeling.adapter import ShineAdapter
+from .modeling.adapter import ADAPTER_CONFIG_NAME, ADAPTER_FILES, ROUTER_CONFIG_NAME, ShineAdapter
+from .modeling.adapter import is_router_chunk_directory as _is_chunk_directory
 from .modeling.composition import COMPOSE_METHODS
 from .modeling.errors import CheckpointError, InvalidInputError
 from .modeling.io_utils import atomic_directory
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
 
 __all__ = ["ROUTER_CONFIG_NAME", "ROUTE_METHODS", "RoutedAdapter", "is_router_directory"]
 
-ROUTER_CONFIG_NAME = "shine_router.json"
 ROUTER_FORMAT_VERSION = 1
 ROUTE_METHODS = tuple(m for m in COMPOSE_METHODS if m != "weighted")
 _WORD = re.compile(r"\w+")
@@ -51,10 +51,6 @@ def _words(text: str) -> list[str]:
 
 def _chunk_directory(index: int) -> str:
     return f"chunk-{index:05d}"
-
-
-def _is_chunk_directory(name: str) -> bool:
-    return re.fullmatch(r"chunk-\d{5}", name) is not None
 
 
 def is_router_directory(path: str | os.PathLike) -> bool:
@@ -177,10 +173,14 @@ class RoutedAdapter:
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
         """Write every chunk's PEFT adapter (`chunk-00000/`, …) and `shine_router.json` (the chunk texts
         and settings). The directory is assembled beside the target and then replaces an earlier
-        router's files in one step, so a failed save leaves the old router as it was."""
+        router's files (or a plain adapter's, saved there before) in one step, so a failed save leaves
+        the old router as it was."""
         config = {"format_version": ROUTER_FORMAT_VERSION, "top_k": self.top_k, "method": self.method,
                   "retriever": "bm25plus-words", "chunks": self.chunks}
-        with atomic_directory(save_directory, owns=ROUTER_CONFIG_NAME.__eq__, marker=ROUTER_CONFIG_NAME,
+        # a plain adapter saved here before is replaced, not left beside the router
+        adapter = (Path(save_directory) / ADAPTER_CONFIG_NAME).is_file()
+        with atomic_directory(save_directory, marker=ROUTER_CONFIG_NAME,
+                              owns=lambda name: name == ROUTER_CONFIG_NAME or (adapter and name in ADAPTER_FILES),
                               owns_directory=_is_chunk_directory) as staging:
             for index in range(len(self)):
                 self.adapters[index].save_pretrained(staging / _chunk_directory(index))

@@ -1,5 +1,6 @@
 """`shine chat` on the shipped toy models: questions piped in (a real process, and in-process), an
-interactive session in a pseudo-terminal, composed sources, /context, and one-line user errors."""
+interactive session in a pseudo-terminal, composed sources, /context, routers (a saved one, and
+--route over a document), and one-line user errors."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ from shine_hf import ShineAdapter
 from shine_hf.assets import FACTS_CONTEXT_TEMPLATE, FACTS_SHINE
 from shine_hf.cli import app
 from shine_hf.cli._common import console
-from shine_hf.cli.chat import ChatSession
+from shine_hf.cli.chat import ChatSession, _routing_line
+from shine_hf.routing import RoutedAdapter
 from shine_hf.testing.models import tiny_shine
 
 runner = CliRunner()
@@ -45,6 +47,16 @@ def saved_adapter(tmp_path_factory):
     return directory
 
 
+@pytest.fixture(scope="module")
+def saved_router(tmp_path_factory):
+    """Four held-out documents in one text, saved as a router of 40-token chunks: one document each."""
+    directory = tmp_path_factory.mktemp("routers") / "four"
+    router = RoutedAdapter.from_document(facts_model(), long_document(held_out(4)), chunk_tokens=40)
+    assert len(router) == 4
+    router.save_pretrained(directory)
+    return directory
+
+
 def test_answers_questions_piped_into_a_process(saved_adapter):
     """The issue's check: `shine chat` answers questions piped into it from a document's adapter."""
     record = held_out(1)[0]
@@ -54,6 +66,62 @@ def test_answers_questions_piped_into_a_process(saved_adapter):
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == list(record["answers"])
     assert "Traceback" not in result.stderr
+
+
+def _one_question_per_document(count):
+    return [record["questions"][index % len(record["questions"])] for index, record in enumerate(held_out(count))]
+
+
+def test_a_saved_router_answers_each_question_from_its_chunk(saved_router):
+    """`-a DIR` of a router, questions piped into a process: each answered through routing."""
+    questions = _one_question_per_document(4)
+    result = subprocess.run([sys.executable, "-m", "shine_hf.cli", "chat", *MODEL, "-a", str(saved_router),
+                             "--max-new-tokens", "12"],
+                            input="".join(f"{q}\n" for q in questions), capture_output=True, text=True, env=ENV,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    router = RoutedAdapter.from_pretrained(saved_router)
+    expected = [facts_model().generate_text(q, adapter=router, max_new_tokens=12) for q in questions]
+    assert result.stdout.splitlines() == expected
+    answers = [record["answers"][index % len(record["answers"])] for index, record in enumerate(held_out(4))]
+    assert expected == answers  # each question routed to its document's chunk
+    assert "Traceback" not in result.stderr
+
+
+def test_top_k_and_compose_override_the_saved_router(saved_router):
+    questions = _one_question_per_document(2)
+    model = facts_model()
+    for top_k, method, saved_k in (("2", "mean", 2), ("9", "concat", 4)):  # at most every chunk
+        result = _chat(["-a", str(saved_router), "--top-k", top_k, "--compose", method, "--max-new-tokens", "12"],
+                       questions)
+        assert result.exit_code == 0, result.output
+        router = RoutedAdapter.from_pretrained(saved_router, top_k=saved_k, method=method)
+        assert result.stdout.splitlines() == [model.generate_text(q, adapter=router, max_new_tokens=12)
+                                              for q in questions]
+
+
+def test_route_over_a_document(tmp_path):
+    """`-d FILE --route`: the document internalized in chunks, each question routed; /context still works."""
+    records = held_out(4)
+    text = long_document(records)
+    (tmp_path / "four.txt").write_text(text)
+    questions = _one_question_per_document(4)
+    result = _chat(["-d", str(tmp_path / "four.txt"), "--route", "--chunk-tokens", "40", "--top-k", "2",
+                    "--max-new-tokens", "12", "--context-template", TEMPLATE_ARG],
+                   [*questions[:3], "/context", questions[3]])
+    assert result.exit_code == 0, result.output
+    model = facts_model()
+    router = RoutedAdapter.from_document(model, text, chunk_tokens=40, top_k=2)
+    expected = [model.generate_text(q, adapter=router, max_new_tokens=12) for q in questions]
+    lines = result.stdout.splitlines()
+    assert lines[:3] == expected[:3]
+    shine, in_context = lines[3].split("\t")
+    assert shine == expected[3] and in_context
+
+
+def test_the_start_line_says_it_routes(saved_router):
+    router = RoutedAdapter.from_pretrained(saved_router, top_k=2)
+    assert _routing_line("four", router) == "Answering from four by routing over 4 chunks (top-2, concat)."
 
 
 class Terminal:
@@ -225,6 +293,15 @@ def foreign_adapter(tmp_path_factory):
     return directory
 
 
+@pytest.fixture(scope="module")
+def foreign_router(tmp_path_factory):
+    """A router of another backbone (a tiny random Qwen3)."""
+    directory = tmp_path_factory.mktemp("foreign") / "qwen3-router"
+    texts = ["Tarsk is the capital of Veloria.", "Mivebu lives in Hulvor."]
+    RoutedAdapter(tiny_shine("qwen3").internalize(texts), texts).save_pretrained(directory)
+    return directory
+
+
 @pytest.mark.parametrize(
     ("arguments", "fragment"),
     [
@@ -238,11 +315,25 @@ def foreign_adapter(tmp_path_factory):
         (["-d", "{tmp}/doc.txt", "--chunk-tokens", "8", "--overlap-tokens", "8"],
          "must be smaller than --chunk-tokens"),
         (["-d", "{tmp}/doc.txt", "--model", "{tmp}/no-checkpoint"], "No such checkpoint directory"),
+        (["-a", "{router}", "-a", "{adapter}"], "{router} is a router (shine internalize --route): it answers alone"),
+        (["-d", "{tmp}/doc.txt", "-a", "{router}"], "{router} is a router"),
+        (["-a", "{router}", "-a", "{router}"], "{router} is a router"),
+        (["-d", "{tmp}/doc.txt", "-d", "{tmp}/doc.txt", "--route"], "--route answers from the chunks of one document"),
+        (["-d", "{tmp}/doc.txt", "-a", "{adapter}", "--route"], "--route answers from the chunks of one document"),
+        (["-a", "{router}", "--route"], "--route answers from the chunks of one document"),
+        (["-d", "{tmp}/doc.txt", "--top-k", "2"], "--top-k applies to routing"),
+        (["-a", "{adapter}", "--top-k", "2"], "--top-k applies to routing"),
+        (["-a", "{router}", "--top-k", "0"], "--top-k"),
+        (["-a", "{foreign_router}"], "The router {foreign_router} does not fit the model's backbone"),
+        (["-d", "{tmp}/doc.txt", "--route", "--chunk-tokens", "5000"], "beyond what the backbone can read"),
     ],
 )
-def test_user_errors_are_one_line(tmp_path, foreign_adapter, arguments, fragment):
+def test_user_errors_are_one_line(tmp_path, foreign_adapter, foreign_router, saved_router, saved_adapter,
+                                  arguments, fragment):
     (tmp_path / "doc.txt").write_text("Mivebu lives in Hulvor.")
-    given = [argument.format(tmp=tmp_path, foreign=foreign_adapter) for argument in arguments]
+    names = {"tmp": tmp_path, "foreign": foreign_adapter, "foreign_router": foreign_router,
+             "router": saved_router, "adapter": saved_adapter}
+    given = [argument.format(**names) for argument in arguments]
     result = _chat(given, ["Where does Mivebu live?"])
-    one_line_error(result, fragment.format(tmp=tmp_path, foreign=foreign_adapter))
+    one_line_error(result, fragment.format(**names))
     assert result.stdout == ""

@@ -1,8 +1,10 @@
 """`shine internalize` on the shipped toy models: one PEFT adapter per document that answers its
-questions, long documents chunked, everything composed into one, and one-line user errors."""
+questions, long documents chunked, everything composed into one, routers (--route), and one-line
+user errors."""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -16,7 +18,9 @@ from typer.testing import CliRunner
 from shine_hf import ShineAdapter
 from shine_hf.assets import FACTS_SHINE
 from shine_hf.cli import app
+from shine_hf.modeling.adapter import ADAPTER_FILES
 from shine_hf.modeling.chunking import split_text
+from shine_hf.routing import ROUTER_CONFIG_NAME, RoutedAdapter, is_router_directory
 
 runner = CliRunner()
 MODEL = ["--model", str(FACTS_SHINE)]
@@ -113,6 +117,90 @@ def test_an_existing_adapter_is_replaced(tmp_path):
     assert (out / "doc0" / "notes.txt").read_text() == "mine"  # not an adapter file: left alone
 
 
+def test_route_writes_a_router_per_document(tmp_path):
+    """--route without --chunk-tokens: chunks as long as the backbone reads; a short document is one chunk."""
+    model = facts_model()
+    text = long_document(held_out(20))
+    (tmp_path / "long.txt").write_text(text)
+    (tmp_path / "short.txt").write_text(held_out(1)[0]["context"])
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["internalize", str(tmp_path / "long.txt"), str(tmp_path / "short.txt"), *MODEL,
+                                 "--out", str(out), "--route", "--top-k", "2"])
+    assert result.exit_code == 0, result.output
+    chunks = split_text(text, model.tokenizer, model.max_context_tokens, 0)
+    assert len(chunks) > 1
+    assert f"long.txt → {out / 'long'} (routed: {len(chunks)} chunks, top-2, concat)" in result.stdout
+    assert f"short.txt → {out / 'short'} (routed: 1 chunk, top-1, concat)" in result.stdout  # top-k: at most all
+    router = RoutedAdapter.from_pretrained(out / "long")
+    assert (router.chunks, router.top_k, router.method) == (chunks, 2, "concat")
+    expected = model.internalize(text, chunk_tokens=model.max_context_tokens, compose=None)
+    assert all(_same(router.adapters[i], expected[i]) for i in range(len(chunks)))
+    short = RoutedAdapter.from_pretrained(out / "short")
+    assert (short.chunks, short.top_k) == ([held_out(1)[0]["context"]], 1)
+    assert _same(short.adapters[0], model.internalize(held_out(1)[0]["context"]))
+
+
+def test_route_chunk_size_overlap_and_mean_and_peft_loads_every_chunk(tmp_path):
+    from peft import PeftModel
+
+    model = facts_model()
+    records = held_out(4)
+    text = long_document(records)
+    (tmp_path / "four.txt").write_text(text)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["internalize", str(tmp_path / "four.txt"), *MODEL, "--out", str(out), "--route",
+                                 "--chunk-tokens", "40", "--overlap-tokens", "8", "--compose", "mean"])
+    assert result.exit_code == 0, result.output
+    chunks = split_text(text, model.tokenizer, 40, 8)
+    assert f"(routed: {len(chunks)} chunks, top-1, mean)" in result.stdout
+    directory = out / "four"
+    assert sorted(p.name for p in directory.iterdir()) == [f"chunk-{i:05d}" for i in range(len(chunks))] + [
+        ROUTER_CONFIG_NAME]
+    router = RoutedAdapter.from_pretrained(directory)
+    assert (router.chunks, router.top_k, router.method) == (chunks, 1, "mean")
+    expected = RoutedAdapter.from_document(model, text, chunk_tokens=40, overlap_tokens=8)
+    ids = model.tokenizer([records[0]["questions"][0]], return_tensors="pt")["input_ids"]
+    for index in range(len(chunks)):
+        assert _same(router.adapters[index], expected.adapters[index])
+        peft_model = PeftModel.from_pretrained(copy.deepcopy(model.backbone), directory / f"chunk-{index:05d}")
+        with torch.no_grad():
+            logits = peft_model.eval()(input_ids=ids).logits
+            shine = model(input_ids=ids, adapter=router.adapters[index]).logits
+        torch.testing.assert_close(logits, shine)
+
+
+def _entries(directory):
+    return sorted(path.name for path in directory.iterdir())
+
+
+@pytest.mark.parametrize("notes", [False, True], ids=["adapter-only", "with-notes"])
+def test_a_router_and_an_adapter_replace_each_other_without_leftovers(tmp_path, notes):
+    """Plain → router → plain in one directory: each save leaves only its own files (and the user's)."""
+    (document,) = write_documents(tmp_path / "docs", held_out(1))
+    out = tmp_path / "out"
+    mine = ["notes.txt"] if notes else []
+    if notes:
+        (out / "doc0").mkdir(parents=True)
+        (out / "doc0" / "notes.txt").write_text("mine")
+    plain = sorted([*mine, "README.md", "adapter_config.json", "adapter_model.safetensors"])
+    assert set(plain) - set(mine) <= ADAPTER_FILES
+    base = ["internalize", str(document), *MODEL, "--out", str(out)]
+    assert runner.invoke(app, base).exit_code == 0
+    assert _entries(out / "doc0") == plain
+    result = runner.invoke(app, [*base, "--route", "--chunk-tokens", "16"])
+    assert result.exit_code == 0, result.output
+    router = RoutedAdapter.from_pretrained(out / "doc0")
+    assert len(router) > 1
+    assert _entries(out / "doc0") == sorted([*mine, *(f"chunk-{i:05d}" for i in range(len(router))),
+                                             ROUTER_CONFIG_NAME])
+    assert runner.invoke(app, base).exit_code == 0
+    assert _entries(out / "doc0") == plain and not is_router_directory(out / "doc0")
+    assert _same(ShineAdapter.from_pretrained(out / "doc0"), facts_model().internalize(held_out(1)[0]["context"]))
+    if notes:
+        assert (out / "doc0" / "notes.txt").read_text() == "mine"
+    assert _entries(out) == ["doc0"]  # no staging or parked directories left
+
+
 @pytest.mark.parametrize(
     ("arguments", "fragment"),
     [
@@ -133,6 +221,10 @@ def test_an_existing_adapter_is_replaced(tmp_path):
         (["{tmp}/good.txt", "--device", "nowhere"], "Cannot use the device 'nowhere'"),
         (["{tmp}/good.txt", "--model", "{tmp}/no-checkpoint"], "No such checkpoint directory"),
         (["{tmp}/good.txt", "--chunk-tokens", "5000"], "beyond what the backbone can read"),
+        (["{tmp}/good.txt", "--route", "--compose-all", "all"], "--route keeps each document as its own router"),
+        (["{tmp}/good.txt", "--top-k", "2"], "--top-k applies to routers: add --route"),
+        (["{tmp}/good.txt", "--route", "--top-k", "0"], "--top-k"),
+        (["{tmp}/good.txt", "--route", "--chunk-tokens", "5000"], "beyond what the backbone can read"),
     ],
 )
 def test_user_errors_are_one_line_and_write_nothing(tmp_path, arguments, fragment):

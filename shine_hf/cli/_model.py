@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from rich.console import Console
@@ -19,6 +20,9 @@ from ..modeling import ShineAdapter, ShineForCausalLM
 from ..modeling.chunking import check_chunking, split_text
 from ..modeling.errors import CheckpointError, InvalidInputError, ShineError
 from ._documents import Document
+
+if TYPE_CHECKING:
+    from ..routing import RoutedAdapter
 
 
 def check_device(device: str | None) -> None:
@@ -131,6 +135,68 @@ def internalize_documents(
                                         compose=compose, chunk_batch_size=batch_size, show_progress=False)
             yield Internalized(document, adapter, lengths[i], chunks)
             bar.advance(task)
+
+
+@dataclass(frozen=True)
+class Routed:
+    """One document kept as a router: an adapter per chunk, with the chunk texts."""
+
+    document: Document
+    router: RoutedAdapter
+
+
+def route_documents(
+    model: ShineForCausalLM,
+    documents: Sequence[Document],
+    *,
+    batch_size: int,
+    chunk_tokens: int | None,
+    overlap_tokens: int,
+    top_k: int,
+    compose: str,
+    console: Console,
+) -> Iterator[Routed]:
+    """One `RoutedAdapter` per document, under a progress bar over documents on `console`.
+
+    Every document is cut as `internalize_documents` cuts the long ones: chunks of at most
+    `chunk_tokens` tokens (default: `model.max_context_tokens`), `batch_size` chunks per forward
+    pass; a document that fits in one chunk gives a router of one chunk. Each question is answered
+    from its `top_k` best chunks (all of them, for a document with fewer), composed with `compose`.
+
+    Raises:
+        InvalidInputError: a chunk size the backbone cannot read, or an overlap that never advances.
+    """
+    from ..routing import RoutedAdapter
+
+    tokenizer = model.tokenizer
+    chunk_at = model.max_context_tokens if chunk_tokens is None else chunk_tokens
+    if chunk_at is not None:
+        check_chunking(chunk_at, overlap_tokens, model.max_context_tokens)
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as bar:
+        task = bar.add_task("Internalizing", total=len(documents))
+        for document in documents:
+            chunks = 1 if chunk_at is None else len(split_text(document.text, tokenizer, chunk_at, overlap_tokens))
+            bar.update(task, description=f"Internalizing {document.path.name} ({_count(chunks, 'chunk')})")
+            k = min(top_k, chunks)
+            if chunk_at is None:  # a backbone without a length limit reads any document whole
+                router = RoutedAdapter([model.internalize(document.text)], [document.text], top_k=k, method=compose)
+            else:
+                router = RoutedAdapter.from_document(model, document.text, chunk_tokens=chunk_at,
+                                                     overlap_tokens=overlap_tokens, top_k=k, method=compose,
+                                                     chunk_batch_size=batch_size, show_progress=False)
+            yield Routed(document, router)
+            bar.advance(task)
+
+
+def describe_router(router: RoutedAdapter) -> str:
+    """`routed: 7 chunks, top-1, concat`: how a router answers."""
+    return f"routed: {_count(len(router), 'chunk')}, top-{router.top_k}, {router.method}"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _names(documents: Sequence[Document], rows: Sequence[int]) -> str:

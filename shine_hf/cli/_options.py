@@ -13,6 +13,8 @@
 | `--seed N` | the seed of anything random |
 | `--compose METHOD` | how several adapters become one (concat or mean) |
 | `--chunk-tokens N`, `--overlap-tokens N` | how documents too long to read at once are cut |
+| `--route` | keep a document as one adapter per chunk; each question is answered from the chunks it matches |
+| `--top-k K` | with routing: the chunks each question is answered from (composed with `--compose`) |
 
 Each function returns the `typer.Option` for a command parameter; `help` adapts the text to the
 command, never the name. Importing this module is cheap (typer only).
@@ -83,3 +85,12 @@ def chunk_tokens_option() -> Any:
 
 def overlap_tokens_option() -> Any:
     return typer.Option("--overlap-tokens", metavar="N", min=0, help="Tokens shared by consecutive chunks.")
+
+
+def route_option(help: str) -> Any:
+    return typer.Option("--route", help=help)
+
+
+def top_k_option(help: str = "With routing: answer each question from the K chunks that match it best, composed "
+                             "with --compose (default 1).") -> Any:
+    return typer.Option("--top-k", metavar="K", min=1, help=help)

@@ -1,5 +1,8 @@
 """`shine chat`: ask questions about documents (internalized on start) or saved adapters, in the terminal.
 
+A router (`shine internalize --route` output, or `--route` with one document) answers each question
+from the adapters of the chunks it matches best (`shine_hf.routing.RoutedAdapter`).
+
 On a terminal it is an interactive prompt; through a pipe it reads one question per line and
 writes one answer per line on stdout (everything else goes to stderr), so it can be scripted.
 """
@@ -34,10 +37,13 @@ from ._options import (
     model_option,
     overlap_tokens_option,
     revision_option,
+    route_option,
+    top_k_option,
 )
 
 if TYPE_CHECKING:
     from ..modeling import ShineAdapter, ShineForCausalLM
+    from ..routing import RoutedAdapter
 
 PROMPT = "> "
 COMMANDS_HELP = (
@@ -55,10 +61,19 @@ def chat_command(
     adapter: Annotated[list[str] | None, typer.Option(
         "--adapter", "-a", metavar="DIR", show_default=False,
         help="A saved adapter (shine internalize output, or a Hub repo id) to answer from (repeat for several: "
-             "they are composed).")] = None,
-    compose: Annotated[ComposeMethod, compose_option(
-        "How several documents or adapters (and a long document's chunks) become one: concat (the sum of their "
-        "deltas) or mean (their average).")] = ComposeMethod.concat,
+             "they are composed). A router directory (shine internalize --route) answers alone, each question "
+             "from the chunks it matches best.")] = None,
+    compose: Annotated[ComposeMethod | None, compose_option(
+        "How several documents or adapters (and a long document's chunks; with routing, a question's top-K "
+        "chunks) become one: concat (the sum of their deltas) or mean (their average). Default: concat; a "
+        "saved router: the rule it was saved with.")] = None,
+    route: Annotated[bool, route_option(
+        "Internalize the --document (one) in chunks (--chunk-tokens), an adapter per chunk, and answer each "
+        "question from the chunks it matches best instead of from one adapter of the whole document.")] = False,
+    top_k: Annotated[int | None, top_k_option(
+        "With routing (--route, or a router directory given with --adapter): answer each question from the K "
+        "chunks that match it best, composed with --compose (default: 1, or the router's saved K; at most the "
+        "number of chunks).")] = None,
     max_new_tokens: Annotated[int, max_new_tokens_option()] = 128,
     context_template: Annotated[str | None, typer.Option(
         "--context-template", metavar="TEXT",
@@ -81,33 +96,58 @@ def chat_command(
     with /context on, each line is the SHINE answer, a tab, then the answer with the documents in
     the prompt).
 
+    With a router (--route over one document, or --adapter DIR written by shine internalize --route),
+    each question is instead answered from the adapters of the chunks it matches best (BM25 over
+    the chunk texts), --top-k of them composed with --compose.
+
     Examples:
       shine chat --model org/shine-qwen3-8b --document contract.txt
       shine chat --model org/shine-qwen3-8b -a adapters/a -a adapters/b
       shine chat --model ./my-shine -d report.txt < questions.txt > answers.txt
+      shine chat --model ./my-shine -a routers/book --top-k 2
+      shine chat --model ./my-shine -d book.txt --route --chunk-tokens 512
     """
     from ..modeling.errors import InvalidInputError
+    from ..routing import is_router_directory
     from ._documents import read_documents
-    from ._model import check_chunk_options, compose_adapters, internalize_documents, load_model
+    from ._model import check_chunk_options, compose_adapters, internalize_documents, load_model, route_documents
 
     interactive = sys.stdin.isatty()
     notes = console if interactive else error_console  # through a pipe, stdout carries the answers only
     with fail_cleanly():
         if not document and not adapter:
             raise InvalidInputError("Nothing to chat about: give --document FILE or --adapter DIR (or several).")
+        routers = [name for name in adapter or [] if is_router_directory(name)]
+        _check_routing(route, top_k, document or [], adapter or [], routers)
         documents = read_documents(document or [])
         check_chunk_options(chunk_tokens, overlap_tokens)
         template = _in_context_template(context_template)
+        method = (compose or ComposeMethod.concat).value
+        if routers:  # one saved router, alone
+            (name,) = routers
+            router = _read_router(name, top_k, None if compose is None else compose.value)
+            loaded = load_model(model, backbone=backbone, revision=revision, dtype=dtype, device=device,
+                                console=error_console)
+            _check_fits(name, router.adapters, loaded, "router")
+            _chat_routed(ChatSession(loaded, router, None, template, max_new_tokens, interactive, notes), name)
+            return
         saved = [_read_adapter(name) for name in adapter or []]
         loaded = load_model(model, backbone=backbone, revision=revision, dtype=dtype, device=device,
                             console=error_console)
         for name, one in zip(adapter or [], saved, strict=True):
             _check_fits(name, one, loaded)
+        if route:  # one document, in chunks
+            (routed,) = route_documents(loaded, documents, batch_size=batch_size, chunk_tokens=chunk_tokens,
+                                        overlap_tokens=overlap_tokens, top_k=1 if top_k is None else top_k,
+                                        compose=method, console=error_console)
+            _chat_routed(ChatSession(loaded, routed.router, documents[0].text, template, max_new_tokens,
+                                     interactive, notes), documents[0].path.name)
+            return
         generated = list(internalize_documents(loaded, documents, batch_size=batch_size, chunk_tokens=chunk_tokens,
-                                               overlap_tokens=overlap_tokens, compose=compose.value,
+                                               overlap_tokens=overlap_tokens, compose=method,
                                                console=error_console))
         by_path = {item.document.path: item.adapter for item in generated}
-        combined = compose_adapters([by_path[doc.path] for doc in documents] + saved, compose.value)
+        combined = compose_adapters([by_path[doc.path] for doc in documents] + saved, method)
         sources = [doc.path.name for doc in documents] + list(adapter or [])
         session = ChatSession(loaded, combined, "\n\n".join(doc.text for doc in documents) or None, template,
                               max_new_tokens, interactive, notes)
@@ -115,6 +155,48 @@ def chat_command(
             notes.print(Text(f"Answering from {_listing(sources)} (adapter rank {combined.rank}). /help lists the "
                              f"commands; /exit or Ctrl-D ends.", style="dim"))
         session.run(_terminal_reader() if interactive else _pipe_reader())
+
+
+def _check_routing(route: bool, top_k: int | None, documents: list[Path], adapters: list[str],
+                   routers: list[str]) -> None:
+    """Raise InvalidInputError unless the sources and the routing options fit: a router (saved, or
+    `--route` over a document) is the chat's only source; `--top-k` needs one."""
+    from ..modeling.errors import InvalidInputError
+
+    if route and (len(documents) != 1 or adapters):
+        raise InvalidInputError("--route answers from the chunks of one document: give one --document FILE and no "
+                                "--adapter (a saved router is read with --adapter DIR alone).")
+    if routers and len(documents) + len(adapters) > 1:
+        raise InvalidInputError(f"{routers[0]} is a router (shine internalize --route): it answers alone and cannot "
+                                f"be combined with other adapters or documents.")
+    if top_k is not None and not (route or routers):
+        raise InvalidInputError("--top-k applies to routing: add --route (with one --document), or give a router "
+                                "directory (shine internalize --route) with --adapter.")
+
+
+def _read_router(name: str, top_k: int | None, method: str | None) -> RoutedAdapter:
+    """The saved router `name`; `top_k` (at most its chunk count) and `method` override its own."""
+    from ..routing import RoutedAdapter
+
+    with error_console.status(Text(f"Reading the router {name}")):
+        router = RoutedAdapter.from_pretrained(name, method=method)
+    if top_k is not None:
+        router.top_k = min(top_k, len(router))
+    return router
+
+
+def _chat_routed(session: ChatSession, source: str) -> None:
+    """Run `session`, whose adapter is a router read from `source`."""
+    if session.interactive:
+        session.notes.print(Text(f"{_routing_line(source, session.adapter)} /help lists the commands; /exit or "
+                                 f"Ctrl-D ends.", style="dim"))
+    session.run(_terminal_reader() if session.interactive else _pipe_reader())
+
+
+def _routing_line(source: str, router: RoutedAdapter) -> str:
+    """`Answering from book.txt by routing over 7 chunks (top-1, concat).`"""
+    chunks = "1 chunk" if len(router) == 1 else f"{len(router)} chunks"
+    return f"Answering from {source} by routing over {chunks} (top-{router.top_k}, {router.method})."
 
 
 def _in_context_template(template: str | None) -> str:
@@ -130,13 +212,13 @@ def _read_adapter(name: str) -> ShineAdapter:
         return ShineAdapter.from_pretrained(name)
 
 
-def _check_fits(name: str, adapter: ShineAdapter, model: ShineForCausalLM) -> None:
+def _check_fits(name: str, adapter: ShineAdapter, model: ShineForCausalLM, kind: str = "adapter") -> None:
     from ..modeling.errors import IncompatibleAdapterError
 
     try:
         adapter.check_compatible(model.layers_path, model.targets, model.config.num_hidden_layers)
     except IncompatibleAdapterError as error:
-        raise IncompatibleAdapterError(f"The adapter {name} does not fit the model's backbone: {error}") from None
+        raise IncompatibleAdapterError(f"The {kind} {name} does not fit the model's backbone: {error}") from None
 
 
 def _listing(names: list[str]) -> str:
@@ -201,7 +283,8 @@ class ChatSession:
 
     Attributes:
         model: The SHINE model (its backbone answers).
-        adapter: The adapter every answer uses.
+        adapter: The adapter every answer uses: a `ShineAdapter`, or a `RoutedAdapter` that picks
+            each question's chunks.
         context: The documents' text, for /context answers (None: only adapters were given).
         context_template: The in-context user turn, with {context} and {question}.
         max_new_tokens: Longest answer.

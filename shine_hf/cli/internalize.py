@@ -1,4 +1,5 @@
-"""`shine internalize`: one PEFT adapter per document, written to `--out DIR/<document name>/`."""
+"""`shine internalize`: one PEFT adapter per document, written to `--out DIR/<document name>/` (with
+`--route`: one router directory per document, an adapter per chunk)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from ._options import (
     out_option,
     overlap_tokens_option,
     revision_option,
+    route_option,
+    top_k_option,
 )
 
 
@@ -29,18 +32,26 @@ def internalize_command(
     model: Annotated[str, model_option()],
     out: Annotated[Path, out_option(
         "Directory for the adapters (created if needed): DIR/<document name>/, the file name without its "
-        "suffix; an adapter already there is replaced.")],
+        "suffix; an adapter (or router) already there is replaced.")],
     batch_size: Annotated[int, batch_size_option(
         "Documents per forward pass (and chunks per pass for long documents).")] = 8,
     chunk_tokens: Annotated[int | None, chunk_tokens_option()] = None,
     overlap_tokens: Annotated[int, overlap_tokens_option()] = 0,
     compose: Annotated[ComposeMethod, compose_option(
-        "How several adapters become one (a long document's chunks; with --compose-all, the documents): "
-        "concat (the sum of their deltas, ranks stacked) or mean (their average).")] = ComposeMethod.concat,
+        "How several adapters become one (a long document's chunks; with --compose-all, the documents; with "
+        "--route, a question's top-K chunks): concat (the sum of their deltas, ranks stacked) or mean (their "
+        "average).")] = ComposeMethod.concat,
     compose_all: Annotated[str | None, typer.Option(
         "--compose-all", metavar="NAME",
         help="Write one adapter, DIR/NAME, that composes every document (with --compose) instead of one "
              "per document.")] = None,
+    route: Annotated[bool, route_option(
+        "Write one router per document instead, DIR/<document name>/: the document in chunks (--chunk-tokens), "
+        "an adapter per chunk plus the chunk texts; shine chat -a DIR answers each question from the chunks it "
+        "matches best.")] = False,
+    top_k: Annotated[int | None, top_k_option(
+        "With --route: the router answers each question from the K chunks that match it best, composed with "
+        "--compose (default 1; a document with fewer chunks: all of them).")] = None,
     backbone: Annotated[str | None, backbone_option()] = None,
     revision: Annotated[str | None, revision_option()] = None,
     device: Annotated[str | None, device_option()] = None,
@@ -49,7 +60,9 @@ def internalize_command(
     r"""Internalize documents: one PEFT LoRA adapter per document, in one pass of the hypernetwork.
 
     Each adapter is a standard PEFT adapter (peft.PeftModel.from_pretrained loads it onto the
-    backbone); `shine chat --adapter DIR` answers questions from it.
+    backbone); `shine chat --adapter DIR` answers questions from it. With --route, each document
+    is kept as a router instead: one adapter per chunk and the chunk texts; `shine chat --adapter
+    DIR` then answers each question from the chunks it matches best (BM25 over their words).
 
     Examples:
       shine internalize docs/*.txt --model org/shine-qwen3-8b --out adapters/
@@ -57,12 +70,27 @@ def internalize_command(
           --chunk-tokens 1024 --overlap-tokens 64 --device cuda
       shine internalize a.txt b.txt --model ./my-shine --out adapters/ \
           --compose-all handbook
+      shine internalize book.txt --model ./my-shine --out routers/ \
+          --route --top-k 2 --chunk-tokens 512
     """
     from ..modeling.errors import InvalidInputError
     from ._documents import check_unique_names, read_documents
-    from ._model import check_chunk_options, compose_adapters, describe, internalize_documents, load_model
+    from ._model import (
+        check_chunk_options,
+        compose_adapters,
+        describe,
+        describe_router,
+        internalize_documents,
+        load_model,
+        route_documents,
+    )
 
     with fail_cleanly():
+        if route and compose_all is not None:
+            raise InvalidInputError("--route keeps each document as its own router: it cannot be combined with "
+                                    "--compose-all.")
+        if top_k is not None and not route:
+            raise InvalidInputError("--top-k applies to routers: add --route (one router per document).")
         docs = read_documents(documents)
         if compose_all is None:
             check_unique_names(docs)
@@ -72,6 +100,14 @@ def internalize_command(
         targets = _check_out(out, [compose_all] if compose_all is not None else [doc.name for doc in docs])
         check_chunk_options(chunk_tokens, overlap_tokens)
         loaded = load_model(model, backbone=backbone, revision=revision, dtype=dtype, device=device, console=console)
+        if route:
+            for routed in route_documents(loaded, docs, batch_size=batch_size, chunk_tokens=chunk_tokens,
+                                          overlap_tokens=overlap_tokens, top_k=1 if top_k is None else top_k,
+                                          compose=compose.value, console=console):
+                target = targets[routed.document.name]
+                routed.router.save_pretrained(target)
+                print_success(f"{routed.document.path} → {target} ({describe_router(routed.router)})")
+            return
         items = internalize_documents(loaded, docs, batch_size=batch_size, chunk_tokens=chunk_tokens,
                                       overlap_tokens=overlap_tokens, compose=compose.value, console=console)
         if compose_all is None:
