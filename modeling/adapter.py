@@ -61,6 +61,8 @@ ROUTER_CONFIG_NAME = "shine_router.json"
 def is_router_chunk_directory(name: str) -> bool:
     """Whether `name` is a router's chunk directory (`chunk-00000`, ...)."""
     return re.fullmatch(r"chunk-\d{5}", name) is not None
+
+
 MERGED_ADAPTERS_ATTRIBUTE = "_shine_merged_adapters"
 
 
