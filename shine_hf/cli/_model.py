@@ -108,17 +108,13 @@ def internalize_documents(
         InvalidInputError: a chunk size the backbone cannot read, or an overlap that never advances.
     """
     tokenizer = model.tokenizer
-    chunk_at = model.max_context_tokens if chunk_tokens is None else chunk_tokens
-    if chunk_at is not None:
-        check_chunking(chunk_at, overlap_tokens, model.max_context_tokens)
+    chunk_at = _chunk_size(model, chunk_tokens, overlap_tokens)
     # as `internalize` counts them; verbose=False: documents longer than the backbone's limit get chunked
     lengths = [len(tokenizer(document.text, verbose=False)["input_ids"]) for document in documents]
     fits = [chunk_at is None or length <= chunk_at for length in lengths]
     whole = [i for i, fit in enumerate(fits) if fit]
     chunked = [i for i, fit in enumerate(fits) if not fit]
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
+    with _progress(console) as bar:
         task = bar.add_task("Internalizing", total=len(documents))
         for start in range(0, len(whole), batch_size):
             rows = whole[start : start + batch_size]
@@ -169,12 +165,8 @@ def route_documents(
     from ..routing import RoutedAdapter
 
     tokenizer = model.tokenizer
-    chunk_at = model.max_context_tokens if chunk_tokens is None else chunk_tokens
-    if chunk_at is not None:
-        check_chunking(chunk_at, overlap_tokens, model.max_context_tokens)
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True) as bar:
+    chunk_at = _chunk_size(model, chunk_tokens, overlap_tokens)
+    with _progress(console) as bar:
         task = bar.add_task("Internalizing", total=len(documents))
         for document in documents:
             chunks = 1 if chunk_at is None else len(split_text(document.text, tokenizer, chunk_at, overlap_tokens))
@@ -188,6 +180,20 @@ def route_documents(
                                                      chunk_batch_size=batch_size, show_progress=False)
             yield Routed(document, router)
             bar.advance(task)
+
+
+def _chunk_size(model: ShineForCausalLM, chunk_tokens: int | None, overlap_tokens: int) -> int | None:
+    """The chunk size documents are cut at (default: the longest the backbone reads), checked."""
+    chunk_at = model.max_context_tokens if chunk_tokens is None else chunk_tokens
+    if chunk_at is not None:
+        check_chunking(chunk_at, overlap_tokens, model.max_context_tokens)
+    return chunk_at
+
+
+def _progress(console: Console) -> Progress:
+    """The progress bar over documents that both internalize loops show."""
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=console, transient=True)
 
 
 def describe_router(router: RoutedAdapter) -> str:
