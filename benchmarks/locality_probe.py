@@ -13,8 +13,9 @@ edit must leave unrelated inputs alone. This probe trains a facts hypernetwork w
 so each chunk's adapter is pushed to act only on questions about its own person, in a plain
 PyTorch loop (groups of 4 training documents, AdamW, the backbone frozen), continuing the shipped
 hypernetwork. Every `--eval-every` steps it prints the 4-chunk `concat` F1 on validation documents
-(`benchmarks/long_documents.py`'s conditions) and the mean locality KL. λ = 0 is the control: the
-same loop without the locality term.
+(`benchmarks/long_documents.py`'s conditions) and the mean locality KL; at the end, the test F1 at
+4 chunks (`concat`, `mean`) and of each test document alone (its own adapter, its own
+questions). λ = 0 is the control: the same loop without the locality term.
 
     python benchmarks/locality_probe.py --weight 1.0 --cpu-minutes 20 --output /tmp/locality.json
 """
@@ -33,6 +34,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from learning import composed_f1  # beside this script
+from long_documents import long_documents, score, single_chunks
 
 from shine_hf import ShineAdapter, ShineForCausalLM
 from shine_hf.assets import FACTS_DATA, FACTS_SHINE
@@ -138,9 +140,13 @@ def main(argv=None) -> int:
             window = []
     model.eval()
     test = data["test"].select(range(args.test_docs))
+    with torch.no_grad():
+        single = score(model, long_documents(test, 4, 1), single_chunks)["f1"]
     result = {"args": vars(args), "steps": step, "history": history,
-              "test_concat_f1": composed_f1(model, test, "concat"), "test_mean_f1": composed_f1(model, test, "mean")}
-    print(f"test, 4 chunks: concat {result['test_concat_f1']:.3f}, mean {result['test_mean_f1']:.3f}", flush=True)
+              "test_concat_f1": composed_f1(model, test, "concat"), "test_mean_f1": composed_f1(model, test, "mean"),
+              "test_single_f1": single}
+    print(f"test, 4 chunks: concat {result['test_concat_f1']:.3f}, mean {result['test_mean_f1']:.3f}; each "
+          f"document alone: {single:.3f}", flush=True)
     if args.output:
         Path(args.output).write_text(json.dumps(result, indent=1) + "\n")
     return 0
