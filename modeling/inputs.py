@@ -134,7 +134,9 @@ def _tokenize(texts: list[str], tokenizer: Any) -> tuple[torch.Tensor, torch.Ten
             "String contexts need a tokenizer: pass token ids, or set model.tokenizer "
             "(or pass tokenizer= to from_backbone/from_pretrained)."
         )
-    return pad_token_ids([tokenizer(text)["input_ids"] for text in texts])
+    # verbose=False: transformers' "longer than the maximum ... indexing errors" warning is wrong here:
+    # a context too long for the backbone is a ContextTooLongError, or is read in chunks
+    return pad_token_ids([tokenizer(text, verbose=False)["input_ids"] for text in texts])
 
 
 def _is_int(value: Any) -> bool:

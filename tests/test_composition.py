@@ -195,3 +195,17 @@ def test_bad_composition_arguments_are_shine_errors(model):
     for message, call in bad_calls.items():
         with pytest.raises(InvalidInputError, match=message):
             call()
+
+
+def test_a_document_longer_than_the_tokenizer_maximum_is_chunked_without_transformers_warning(capfd):
+    from shine_hf import ShineForCausalLM
+    from shine_hf.assets import FACTS_SHINE
+
+    model = ShineForCausalLM.from_pretrained(FACTS_SHINE)
+    limit = model.tokenizer.model_max_length  # 512, the backbone's positions
+    document = " ".join(["Mivebu lives in Tarsk."] * (limit // 4))
+    assert len(model.tokenizer(document, verbose=False)["input_ids"]) > limit
+    capfd.readouterr()
+    adapter = model.internalize(document, chunk_tokens=64, show_progress=False)
+    assert len(adapter) == 1
+    assert "indexing errors" not in capfd.readouterr().err  # the document is read in chunks, never whole
