@@ -197,15 +197,18 @@ def test_bad_composition_arguments_are_shine_errors(model):
             call()
 
 
-def test_a_document_longer_than_the_tokenizer_maximum_is_chunked_without_transformers_warning(capfd):
+def test_internalizing_a_document_longer_than_the_tokenizer_maximum_in_chunks_does_not_warn():
+    """internalize(chunk_tokens=...) reads a long document in chunks: no "indexing errors" warning."""
+    from transformers.testing_utils import CaptureLogger
+    from transformers.utils import logging
+
     from shine_hf import ShineForCausalLM
     from shine_hf.assets import FACTS_SHINE
 
     model = ShineForCausalLM.from_pretrained(FACTS_SHINE)
-    limit = model.tokenizer.model_max_length  # 512, the backbone's positions
-    document = " ".join(["Mivebu lives in Tarsk."] * (limit // 4))
-    assert len(model.tokenizer(document, verbose=False)["input_ids"]) > limit
-    capfd.readouterr()
-    adapter = model.internalize(document, chunk_tokens=64, show_progress=False)
+    document = " ".join(["Mivebu lives in Hulvor."] * 200)
+    assert len(model.tokenizer(document, verbose=False)["input_ids"]) > model.tokenizer.model_max_length
+    with CaptureLogger(logging.get_logger("transformers.tokenization_utils_base")) as captured:
+        adapter = model.internalize(document, chunk_tokens=64, show_progress=False)
     assert len(adapter) == 1
-    assert "indexing errors" not in capfd.readouterr().err  # the document is read in chunks, never whole
+    assert "longer than the specified maximum" not in captured.out
