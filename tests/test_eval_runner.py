@@ -1,5 +1,6 @@
 """`run_eval` on a tiny random SHINE model: one internalize per distinct document, answers equal to
-`generate_text`'s, token counts, resumable results, and bad input refused before any model work."""
+`generate_text`'s, token counts, resumable results, and bad input refused before any model work; long
+documents read in chunks (composed or routed) on the shipped facts models."""
 
 from __future__ import annotations
 
@@ -7,9 +8,14 @@ import json
 
 import pytest
 
-from shine_hf import ContextTooLongError, InvalidInputError
+# pytest puts tests/ on sys.path (rootdir-less test modules, prepend import mode)
+from facts_documents import facts_model, held_out, long_document
+
+from shine_hf import ContextTooLongError, InvalidInputError, RoutedAdapter
 from shine_hf.evaluation import CONDITIONS, EvalExample, SftConfig, run_eval
+from shine_hf.evaluation.metrics import f1_score
 from shine_hf.evaluation.results import summarize
+from shine_hf.modeling.chunking import split_text
 from shine_hf.modeling.prompting import in_context_question, question_prompt
 from shine_hf.testing.models import tiny_shine
 
@@ -180,3 +186,121 @@ def test_documents_and_prompts_too_long_for_the_backbone_are_refused_before_gene
         run_eval(model, [EvalExample(long_doc, "q?", ("a",))], conditions="shine")
     with pytest.raises(ContextTooLongError, match="Example 1: its in_context prompt has"):
         run_eval(model, [EvalExample(long_doc, "q?", ("a",))], conditions="in_context")
+
+
+# ---------------------------------------------------------------- long documents: chunked, composed or routed
+
+CHUNK_TOKENS = 40  # the shipped facts documents have 34 tokens: one chunk per joined document
+
+
+@pytest.fixture(scope="module")
+def joined_facts():
+    """Two long documents of four held-out facts documents each, and one facts document alone (read
+    whole), with every question of each: the examples, the documents and the facts model."""
+    records = held_out(9)
+    documents = [long_document(records[:4]), long_document(records[4:8]), records[8]["context"]]
+    groups = [records[:4], records[4:8], records[8:]]
+    examples = [EvalExample(document, question, (answer,)) for document, group in zip(documents, groups)
+                for record in group for question, answer in zip(record["questions"], record["answers"])]
+    return examples, documents, facts_model()
+
+
+@pytest.fixture(scope="module")
+def chunked_runs(joined_facts):
+    """run_eval's shine condition on the joined facts documents, for every way of reading them."""
+    examples, _, model = joined_facts
+    return {(compose, top_k): run_eval(model, examples, conditions="shine", chunk_tokens=CHUNK_TOKENS,
+                                       compose=compose, top_k=top_k, max_new_tokens=8)
+            for compose, top_k in (("concat", 1), ("mean", 1), ("route", 1), ("route", 2))}
+
+
+@pytest.mark.parametrize(("compose", "top_k"), [("concat", 1), ("mean", 1), ("route", 1), ("route", 2)])
+def test_long_documents_are_read_in_chunks_composed_or_routed(joined_facts, chunked_runs, compose, top_k):
+    examples, documents, model = joined_facts
+    results = chunked_runs[compose, top_k]
+    tokenizer, memory = model.tokenizer, model.config.num_memory_tokens
+    expected, read_tokens = [], 0
+    for document in documents:
+        if len(tokenizer(document)["input_ids"]) > CHUNK_TOKENS:
+            chunks = split_text(document, tokenizer, CHUNK_TOKENS, 0)
+            read_tokens += sum(len(tokenizer(chunk)["input_ids"]) + memory for chunk in chunks)
+            if compose == "route":
+                adapter = RoutedAdapter.from_document(model, document, chunk_tokens=CHUNK_TOKENS, top_k=top_k)
+            else:
+                adapter = model.internalize(document, chunk_tokens=CHUNK_TOKENS, compose=compose)
+        else:  # a document that fits is read whole, whatever the compose mode
+            read_tokens += len(tokenizer(document)["input_ids"]) + memory
+            adapter = model.internalize(document)
+        questions = [e.question for e in examples if e.context == document]
+        expected += model.generate_text(questions, adapter=adapter, max_new_tokens=8)
+    assert [row["predictions"]["shine"]["prediction"] for row in results["examples"]] == expected
+    assert results["settings"]["chunking"] == {"chunk_tokens": CHUNK_TOKENS, "overlap_tokens": 0, "compose": compose,
+                                               "top_k": top_k}
+    assert [b["chunks"] for b in results["batches"]["shine"]] == [[4, 4, 1]]
+    summary = results["summary"]["shine"]
+    assert summary["chunks_per_document"] == 3
+    # every chunk read counts its tokens and the memory tokens: 8 chunks of 34 tokens, then 34 tokens whole
+    assert read_tokens == 9 * (34 + memory)
+    assert summary["document_tokens_per_question"] == pytest.approx(read_tokens / len(examples))
+
+
+def test_routing_answers_joined_facts_documents_where_composition_does_not(joined_facts, chunked_runs):
+    examples, documents, model = joined_facts
+    expected = []
+    for document in documents:
+        router = RoutedAdapter.from_document(model, document, chunk_tokens=CHUNK_TOKENS)
+        expected += model.generate_text([e.question for e in examples if e.context == document], adapter=router,
+                                        max_new_tokens=8)
+    routed_f1 = sum(f1_score(answer, e.answers) for answer, e in zip(expected, examples)) / len(examples)
+    routed, composed = (chunked_runs[mode, 1]["summary"]["shine"]["f1"] for mode in ("route", "concat"))
+    assert routed == pytest.approx(routed_f1) == 1.0  # every question answered from its own person's chunk
+    assert composed < routed  # one composed adapter mixes the four people's facts (docs/long_documents.md)
+
+
+def test_without_chunk_tokens_a_long_document_is_refused_with_the_hint(model, monkeypatch):
+    long_doc = " ".join(["contract"] * 600)  # 603 tokens; the tiny backbone reads 448 with its memory tokens
+    examples = [EvalExample(long_doc, "What was signed?", ("the contract",))]
+    with pytest.raises(ContextTooLongError, match=r"has 603 tokens.*pass chunk_tokens / --chunk-tokens"):
+        run_eval(model, examples, conditions="shine")
+    results = run_eval(model, examples, conditions="shine", chunk_tokens=model.max_context_tokens, max_new_tokens=3)
+    adapter = model.internalize(long_doc, chunk_tokens=model.max_context_tokens)
+    assert results["examples"][0]["predictions"]["shine"]["prediction"] == model.generate_text(
+        "What was signed?", adapter=adapter, max_new_tokens=3)
+    assert results["batches"]["shine"][0]["chunks"] == [2]
+    monkeypatch.setattr(model, "internalize", lambda *a, **k: pytest.fail("internalized"))
+    with pytest.raises(InvalidInputError, match=r"chunk_tokens=449 is beyond what the backbone can read"):
+        run_eval(model, examples, conditions="shine", chunk_tokens=model.max_context_tokens + 1)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"compose": "sum"}, r"Unknown compose 'sum': choose from concat, mean, route"),
+        ({"top_k": 0}, "top_k must be a positive integer, got 0"),
+        ({"chunk_tokens": 0}, "chunk_tokens must be a positive integer, got 0"),
+        ({"chunk_tokens": 8, "overlap_tokens": 8}, r"chunk_tokens \(8\) must be larger than overlap_tokens \(8\)"),
+        ({"chunk_tokens": 8, "overlap_tokens": -1}, "overlap_tokens must be an integer >= 0"),
+        ({"overlap_tokens": 4}, "overlap_tokens applies to documents read in chunks: pass chunk_tokens / --chunk"),
+        ({"compose": "route", "top_k": 2}, "compose and top_k apply to documents read in chunks: pass chunk_tokens"),
+        ({"chunk_tokens": 8, "compose": "mean", "top_k": 2}, "top_k=2 applies to routed chunks: pass compose='route'"),
+    ],
+)
+def test_bad_chunking_options_are_refused_before_any_model_work(tmp_path, options, message):
+    missing_model = str(tmp_path / "no-such-checkpoint")  # loading it would fail with a CheckpointError
+    with pytest.raises(InvalidInputError, match=message):
+        run_eval(missing_model, [{"context": "doc", "question": "q?", "answers": ["a"]}], **options)
+
+
+def test_a_results_file_with_other_chunking_is_not_resumed(model, tmp_path):
+    output = tmp_path / "results.json"
+    settings = dict(conditions="shine", output=output, max_new_tokens=2, chunk_tokens=6)
+    first = run_eval(model, EXAMPLES, **settings)
+    assert first["settings"]["chunking"]["chunk_tokens"] == 6 and sum(first["batches"]["shine"][0]["chunks"]) > 3
+    for other in ({"compose": "mean"}, {"compose": "route"}, {"chunk_tokens": 7}, {"overlap_tokens": 2},
+                  {"chunk_tokens": None}):
+        with pytest.raises(InvalidInputError, match=r"other settings \(chunking\)"):
+            run_eval(model, EXAMPLES, **{**settings, **other})
+    assert run_eval(model, EXAMPLES, **settings)["batches"] == first["batches"]  # the same settings resume
+    # chunking only concerns the shine condition: other conditions record none and ignore it
+    assert run_eval(model, EXAMPLES, conditions="question_only", chunk_tokens=6,
+                    max_new_tokens=2)["settings"]["chunking"] is None

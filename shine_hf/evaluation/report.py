@@ -9,9 +9,21 @@ from typing import Any
 
 from .results import write_atomic
 
-__all__ = ["CONDITION_LABELS", "plot_summary", "summary_table"]
+__all__ = ["CONDITION_LABELS", "chunking_label", "plot_summary", "summary_table"]
 
 CONDITION_LABELS = {"shine": "SHINE", "in_context": "in-context", "question_only": "question only", "sft": "SFT"}
+
+
+def chunking_label(chunking: Mapping[str, Any]) -> str:
+    """How the shine condition read long documents (the ``chunking`` setting of a run), e.g.
+    ``SHINE reads documents over 40 tokens in chunks (overlap 8), routed: top-1 chunk per question``."""
+    overlap = f" (overlap {chunking['overlap_tokens']})" if chunking["overlap_tokens"] else ""
+    if chunking["compose"] == "route":
+        k = chunking["top_k"]
+        read = f"routed: top-{k} chunk{'s' if k > 1 else ''} per question{' (concat)' if k > 1 else ''}"
+    else:
+        read = f"composed by {chunking['compose']}"
+    return f"SHINE reads documents over {chunking['chunk_tokens']} tokens in chunks{overlap}, {read}"
 
 
 def _milliseconds(seconds: float | None) -> str:

@@ -16,7 +16,8 @@ Layout (JSON)::
                    "predictions": {condition: {"prediction", "f1", "em",
                                                "prompt_tokens", "generated_tokens"}}}],
      "batches": {condition: [{"index", "documents", "examples", "prepare_seconds",
-                              "answer_seconds", "peak_memory_bytes", "document_tokens"[, "losses"]}]}}
+                              "answer_seconds", "peak_memory_bytes", "document_tokens"[, "losses"]
+                              [, "chunks"]}]}}   # losses: sft; chunks (per document): shine, chunked
 """
 
 from __future__ import annotations
@@ -92,6 +93,8 @@ def summarize(results: Mapping[str, Any], conditions: Sequence[str]) -> dict[str
       questions (shine: document + memory tokens, read once per document; sft: document tokens
       times training steps); ``tokens_per_question``: their sum.
     - sft only: ``sft_first_loss`` / ``sft_last_loss``: mean training loss at the first and last step.
+    - shine with ``chunk_tokens`` only: ``chunks_per_document``: contexts read per document (1 for a
+      document read whole).
     """
     summary: dict[str, dict[str, Any]] = {}
     for condition in conditions:
@@ -123,6 +126,8 @@ def summarize(results: Mapping[str, Any], conditions: Sequence[str]) -> dict[str
             "document_tokens_per_question": document,
             "tokens_per_question": prompt + generated + document,
         }
+        if any("chunks" in b for b in batches):
+            entry["chunks_per_document"] = sum(sum(b["chunks"]) for b in batches) / prepared_documents
         runs = [run for b in batches for run in b.get("losses", [])]
         if runs:
             entry["sft_first_loss"] = _mean([run[0] for run in runs])

@@ -4,7 +4,11 @@ Conditions, for each example (document, question, gold answers):
 
 - ``shine``: the question alone, no system prompt, with the LoRA generated from the document. Each
   distinct document is internalized once (``batch_size`` documents per ``internalize`` call) and its
-  adapter answers all of its questions (``generate_text``'s ``adapter_index`` mapping).
+  adapter answers all of its questions (``generate_text``'s ``adapter_index`` mapping). With
+  ``chunk_tokens``, a document longer than that is read in chunks (``batch_size`` chunks per pass):
+  its chunk adapters composed into one (``compose`` "concat" / "mean", as
+  ``internalize(chunk_tokens=...)``), or kept as a ``RoutedAdapter`` ("route") that answers each
+  question from its ``top_k`` best-matching chunks.
 - ``in_context``: the document in the prompt (``context_template``) with the baseline system prompt.
 - ``question_only``: the question with the baseline system prompt, no document.
 - ``sft``: a PEFT LoRA of the same rank and targets trained on the document (``shine_hf.evaluation.sft``),
@@ -29,8 +33,11 @@ from typing import Any
 
 import torch
 
+from ..modeling.adapter import ShineAdapter
+from ..modeling.chunking import check_chunking, split_text
 from ..modeling.errors import ContextTooLongError, InvalidInputError
 from ..modeling.prompting import IN_CONTEXT_TEMPLATE, in_context_question, question_prompt
+from ..routing import ROUTE_METHODS, RoutedAdapter
 from .costs import MemoryMeter, timed
 from .generation import GeneratedAnswers, generate_batch
 from .loaders import EvalData, load_examples
@@ -38,9 +45,17 @@ from .metrics import exact_match, f1_score
 from .results import ResultsFile, check_writable
 from .sft import DocumentFineTuner, SftConfig
 
-__all__ = ["CONDITIONS", "ProgressCallback", "run_eval"]
+__all__ = ["COMPOSE_MODES", "CONDITIONS", "ProgressCallback", "run_eval"]
 
 CONDITIONS = ("shine", "in_context", "question_only", "sft")
+
+COMPOSE_MODES = (*ROUTE_METHODS, "route")
+"""How the ``shine`` condition reads a document longer than ``chunk_tokens``: its chunk adapters
+composed into one ("concat": their sum, "mean": their average), or kept apart with the chunk texts
+("route": each question answered from its ``top_k`` best-matching chunks, composed by concat)."""
+
+ROUTED_TOP_K_METHOD = "concat"
+"""How ``compose="route"`` composes a question's ``top_k`` chunk adapters."""
 
 ProgressCallback = Callable[[str, int, int], None]
 """Called with (condition, examples answered so far, examples in all) at the start of each
@@ -67,6 +82,28 @@ def _check_conditions(conditions: Sequence[str] | str) -> list[str]:
     return conditions
 
 
+def _check_chunking(chunk_tokens: int | None, overlap_tokens: int, compose: str, top_k: int,
+                    ) -> dict[str, Any] | None:
+    """The chunking settings (None: documents are read whole), or InvalidInputError naming the problem.
+    The limit of the backbone is checked once the model is loaded (``_Evaluation.check_lengths``)."""
+    if compose not in COMPOSE_MODES:
+        raise InvalidInputError(f"Unknown compose {compose!r}: choose from {', '.join(COMPOSE_MODES)}.")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise InvalidInputError(f"top_k must be a positive integer, got {top_k!r}.")
+    if chunk_tokens is None:
+        defaults = (("overlap_tokens", overlap_tokens, 0), ("compose", compose, "concat"), ("top_k", top_k, 1))
+        given = [name for name, value, default in defaults if value != default]
+        if given:
+            raise InvalidInputError(f"{' and '.join(given)} {'applies' if len(given) == 1 else 'apply'} to documents "
+                                    f"read in chunks: pass chunk_tokens / --chunk-tokens as well.")
+        return None
+    check_chunking(chunk_tokens, overlap_tokens, None)
+    if top_k != 1 and compose != "route":
+        raise InvalidInputError(f"top_k={top_k} applies to routed chunks: pass compose='route' / --compose route, "
+                                f"or leave top_k at 1.")
+    return {"chunk_tokens": chunk_tokens, "overlap_tokens": overlap_tokens, "compose": compose, "top_k": top_k}
+
+
 def _batches(condition: str, document_of: list[int], num_documents: int, batch_size: int) -> list[_Batch]:
     """Fixed batches over the whole data (the same on a resume, so answers are the same)."""
     if condition in ("shine", "sft"):
@@ -87,13 +124,16 @@ class _Evaluation:
     """One run's model, data and settings; answers one batch of one condition at a time."""
 
     def __init__(self, model: Any, data: EvalData, documents: list[str], document_of: list[int], *,
-                 batch_size: int, max_new_tokens: int, system_prompt: str, context_template: str):
+                 batch_size: int, max_new_tokens: int, system_prompt: str, context_template: str,
+                 chunking: dict[str, Any] | None):
         self.model, self.data, self.documents, self.document_of = model, data, documents, document_of
         self.tokenizer = model.tokenizer
         self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
         self.system_prompt, self.context_template = system_prompt, context_template
+        self.chunking = chunking
         self.device = model.get_input_embeddings().weight.device
-        self.document_ids = [self.tokenizer(d)["input_ids"] for d in documents]  # as internalize reads them
+        # as internalize reads them; verbose=False: documents too long to read whole are expected (chunked)
+        self.document_ids = [self.tokenizer(d, verbose=False)["input_ids"] for d in documents]
         self.tuner: DocumentFineTuner | None = None
 
     def prompt(self, condition: str, example: int) -> str:
@@ -112,11 +152,14 @@ class _Evaluation:
             return
         if "shine" in conditions:
             limit = self.model.max_context_tokens
+            if self.chunking is not None:  # longer documents are read in chunks of at most chunk_tokens
+                check_chunking(self.chunking["chunk_tokens"], self.chunking["overlap_tokens"], limit)
             for index, ids in enumerate(self.document_ids):
-                if len(ids) > limit:
+                if self.chunking is None and len(ids) > limit:
                     raise ContextTooLongError(
                         f"Document {index + 1} has {len(ids)} tokens; with {self.model.config.num_memory_tokens} "
-                        f"memory tokens the backbone holds at most {limit} (drop the shine condition or shorten it).")
+                        f"memory tokens the backbone holds at most {limit} (pass chunk_tokens / --chunk-tokens "
+                        f"to read it in chunks, drop the shine condition, or shorten it).")
         for condition in (c for c in conditions if c != "shine"):
             for example in range(len(self.data.examples)):
                 length = len(self.tokenizer(self.prompt(condition, example), add_special_tokens=False)["input_ids"])
@@ -124,6 +167,33 @@ class _Evaluation:
                     raise ContextTooLongError(
                         f"Example {example + 1}: its {condition} prompt has {length} tokens; with "
                         f"{self.max_new_tokens} new tokens it exceeds the backbone's {positions} positions.")
+
+    def chunks(self, document: int) -> list[str] | None:
+        """The chunk texts of a document the shine condition reads in chunks; None: it is read whole."""
+        if self.chunking is None or len(self.document_ids[document]) <= self.chunking["chunk_tokens"]:
+            return None
+        return split_text(self.documents[document], self.tokenizer, self.chunking["chunk_tokens"],
+                          self.chunking["overlap_tokens"])
+
+    def internalize(self, documents: list[int], chunks: dict[int, list[str]]) -> dict[int, Any]:
+        """Each document's adapter: those read whole in one ``internalize`` call (as token ids), then
+        each one in ``chunks`` composed from its chunks, or its ``RoutedAdapter`` (compose "route")."""
+        adapters: dict[int, Any] = {}
+        whole = [d for d in documents if d not in chunks]
+        if whole:
+            read = self.model.internalize([self.document_ids[d] for d in whole])
+            adapters.update({d: read[i] for i, d in enumerate(whole)})
+        for document, texts in chunks.items():
+            options = {"chunk_tokens": self.chunking["chunk_tokens"], "overlap_tokens": self.chunking["overlap_tokens"],
+                       "chunk_batch_size": self.batch_size, "show_progress": False}
+            if self.chunking["compose"] == "route":  # a document with fewer chunks than top_k: all of them
+                adapters[document] = RoutedAdapter.from_document(
+                    self.model, self.documents[document], top_k=min(self.chunking["top_k"], len(texts)),
+                    method=ROUTED_TOP_K_METHOD, **options)
+            else:
+                adapters[document] = self.model.internalize(self.documents[document], compose=self.chunking["compose"],
+                                                            **options)
+        return adapters
 
     def answer(self, condition: str, examples: list[int], adapter_for: Callable[[list[int]], Any] | None = None,
                ) -> list[GeneratedAnswers]:
@@ -138,16 +208,20 @@ class _Evaluation:
         prepare_seconds, document_tokens, extra = 0.0, 0, {}
         adapter_for = None
         if condition == "shine":
+            chunks = {d: texts for d in batch.documents if (texts := self.chunks(d)) is not None}
             with timed(self.device) as prepare:
-                adapter = self.model.internalize([self.document_ids[d] for d in batch.documents])
-            row = {d: i for i, d in enumerate(batch.documents)}
+                adapters = self.internalize(batch.documents, chunks)
 
-            def adapter_for(chunk: list[int]) -> Any:
-                return type(adapter).stack([adapter[row[self.document_of[e]]] for e in chunk])
+            def adapter_for(examples: list[int]) -> ShineAdapter:
+                return ShineAdapter.stack([self.answering_adapter(adapters[self.document_of[e]], e) for e in examples])
 
             prepare_seconds = prepare.seconds
-            document_tokens = sum(len(self.document_ids[d]) + self.model.config.num_memory_tokens
-                                  for d in batch.documents)
+            # every read context: a whole document, or each chunk (tokenized as internalize reads it)
+            read_tokens = [[len(self.tokenizer(text)["input_ids"]) for text in chunks[d]] if d in chunks
+                           else [len(self.document_ids[d])] for d in batch.documents]
+            document_tokens = sum(n + self.model.config.num_memory_tokens for lengths in read_tokens for n in lengths)
+            if self.chunking is not None:
+                extra = {"chunks": [len(lengths) for lengths in read_tokens]}
         elif condition == "sft":
             with timed(self.device) as prepare:
                 run = self.tuner.fine_tune(self.document_ids[batch.documents[0]])
@@ -167,6 +241,12 @@ class _Evaluation:
                   "prepare_seconds": prepare_seconds, "answer_seconds": answering.seconds,
                   "peak_memory_bytes": 0, "document_tokens": document_tokens, **extra}
         return record, predictions
+
+    def answering_adapter(self, adapter: ShineAdapter | RoutedAdapter, example: int) -> ShineAdapter:
+        """The adapter that answers an example: its document's, or the one its question routes to."""
+        if isinstance(adapter, RoutedAdapter):
+            return adapter.adapter_for(self.data.examples[example].question)
+        return adapter
 
     @contextlib.contextmanager
     def fine_tuning(self, sft: SftConfig, seed: int):
@@ -223,6 +303,10 @@ def run_eval(
     context_template: str = IN_CONTEXT_TEMPLATE,
     sft: SftConfig | None = None,
     seed: int = 0,
+    chunk_tokens: int | None = None,
+    overlap_tokens: int = 0,
+    compose: str = "concat",
+    top_k: int = 1,
     backbone: Any = None,
     dtype: Any = None,
     device: str | None = None,
@@ -248,6 +332,16 @@ def run_eval(
         context_template: The in-context user turn (``{context}``, ``{question}``).
         sft: The fine-tuning baseline's hyper-parameters (default ``SftConfig()``).
         seed: Seeds the SFT LoRA initialisation.
+        chunk_tokens: The ``shine`` condition reads documents longer than this many tokens in chunks
+            of at most this many (``internalize(chunk_tokens=...)``, ``batch_size`` chunks per pass);
+            shorter ones are read whole. None (default): every document is read whole, and one
+            longer than ``model.max_context_tokens`` is a ``ContextTooLongError``.
+        overlap_tokens: Tokens shared by consecutive chunks.
+        compose: What becomes of a chunked document's chunk adapters (``COMPOSE_MODES``): "concat"
+            (one adapter, their sum), "mean" (one adapter, their average), or "route" (a
+            ``RoutedAdapter``: each question answered from its ``top_k`` best-matching chunks,
+            composed by concat; a document with fewer chunks: all of them).
+        top_k: With compose "route": the chunks each question is answered from.
         backbone, dtype, device: Loading options when ``model`` is a path (``device``: e.g. ``"cuda"``).
         progress: Optional ``ProgressCallback``.
 
@@ -256,9 +350,11 @@ def run_eval(
         ``examples`` with predictions, per-batch ``batches`` costs, ``settings``, ``data``.
 
     Raises:
-        InvalidInputError: unknown condition, bad numbers, unwritable output, bad data, an output
-            file holding another run.
-        ContextTooLongError: a document or prompt longer than the backbone holds.
+        InvalidInputError: unknown condition, bad numbers, bad chunking options (or a chunk size
+            beyond what the backbone reads), unwritable output, bad data, an output file holding
+            another run.
+        ContextTooLongError: a document (without ``chunk_tokens``) or prompt longer than the backbone
+            holds.
     """
     conditions = _check_conditions(conditions)
     sft = SftConfig() if sft is None else sft
@@ -267,6 +363,9 @@ def run_eval(
             raise InvalidInputError(f"{name} must be at least 1, not {value}.")
     if "sft" in conditions:
         sft.validate()
+    chunking = _check_chunking(chunk_tokens, overlap_tokens, compose, top_k)
+    if "shine" not in conditions:
+        chunking = None  # only the shine condition reads documents with the hypernetwork
     for path, what in ((output, "output file"), (chart, "chart")):
         if path is not None:
             check_writable(Path(path), what)
@@ -282,6 +381,7 @@ def run_eval(
         "conditions": conditions, "batch_size": batch_size, "max_new_tokens": max_new_tokens,
         "system_prompt": system_prompt, "context_template": context_template, "seed": seed,
         "sft": asdict(sft) if "sft" in conditions else None,
+        "chunking": chunking,
     }
     rows = [{"id": e.id if e.id is not None else str(i), "document": document_of[i], "question": e.question,
              "answers": list(e.answers), "predictions": {}} for i, e in enumerate(data.examples)]
@@ -295,7 +395,8 @@ def run_eval(
         raise InvalidInputError("The model has no tokenizer: pass tokenizer= when loading it.")
     evaluation = _Evaluation(model, data, documents, document_of, batch_size=batch_size,
                              max_new_tokens=max_new_tokens, context_template=context_template,
-                             system_prompt=model.config.system_prompt if system_prompt is None else system_prompt)
+                             system_prompt=model.config.system_prompt if system_prompt is None else system_prompt,
+                             chunking=chunking)
     results.content["environment"][-1].update(_environment(evaluation.device),
                                               system_prompt_used=evaluation.system_prompt)
     evaluation.check_lengths(conditions)
@@ -322,9 +423,11 @@ def run_eval(
             model.train()
     content = results.finish(conditions)
     if chart is not None:
-        from .report import plot_summary
+        from .report import chunking_label, plot_summary
 
         model_name = Path(str(settings["model"] or type(model).__name__)).name
-        plot_summary(content["summary"], Path(chart), title=f"{model_name} on {Path(data.source).name}: "
-                     f"{len(rows)} questions about {len(documents)} documents")
+        title = f"{model_name} on {Path(data.source).name}: {len(rows)} questions about {len(documents)} documents"
+        if chunking is not None:
+            title += f"\n{chunking_label(chunking)}"
+        plot_summary(content["summary"], Path(chart), title=title)
     return content
