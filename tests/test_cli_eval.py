@@ -1,5 +1,5 @@
 """The `shine eval` command end to end on the shipped facts models (CliRunner and a real process
-killed mid-way and resumed), and its one-line user errors."""
+killed mid-way and resumed), long documents routed to their chunks, and its one-line user errors."""
 
 from __future__ import annotations
 
@@ -12,6 +12,9 @@ import time
 
 import pytest
 import torch
+
+# pytest puts tests/ on sys.path (rootdir-less test modules, prepend import mode)
+from cli_checks import one_line_error
 from typer.testing import CliRunner
 
 from shine_hf.assets import FACTS_CONTEXT_TEMPLATE, FACTS_DATA, FACTS_SHINE
@@ -61,12 +64,21 @@ def test_eval_reproduces_the_ordering_on_held_out_documents(tmp_path):
         (["--data", "{tmp}/empty-context.jsonl"], "the context is empty"),
         (["--dtype", "float8"], "Unknown dtype 'float8'"),
         (["--model", "{tmp}/no-checkpoint"], "no-checkpoint"),
+        (["--data", "{tmp}/long.jsonl"], "pass chunk_tokens / --chunk-tokens to read it in chunks"),
+        (["--compose", "sum"], "'sum' is not one of 'concat', 'mean', 'route'"),
+        (["--chunk-tokens", "0"], "Invalid value for '--chunk-tokens'"),
+        (["--top-k", "0"], "Invalid value for '--top-k'"),
+        (["--compose", "route"], "compose applies to documents read in chunks: pass chunk_tokens / --chunk-tokens"),
+        (["--chunk-tokens", "8", "--overlap-tokens", "8"], "chunk_tokens (8) must be larger than overlap_tokens (8)"),
+        (["--chunk-tokens", "40", "--top-k", "2"], "top_k=2 applies to routed chunks"),
+        (["--chunk-tokens", "5000"], "chunk_tokens=5000 is beyond what the backbone can read"),
     ],
 )
 def test_user_errors_are_one_line_and_exit_1(tmp_path, args, message):
     data = write_held_out(tmp_path / "facts.jsonl", 1)
     (tmp_path / "bad.jsonl").write_text(json.dumps({"context": "doc", "answers": ["a"]}) + "\n")
     (tmp_path / "empty-context.jsonl").write_text(json.dumps({"context": "", "question": "q", "answers": ["a"]}))
+    write_long(tmp_path / "long.jsonl", 10)  # 340 tokens: the toy backbone reads 328 with its memory tokens
     base = {"--model": str(FACTS_SHINE), "--data": str(data), "--output": str(tmp_path / "results.json")}
     for flag, value in zip(args[::2], args[1::2]):
         base[flag] = value.format(tmp=tmp_path)
@@ -77,6 +89,36 @@ def test_user_errors_are_one_line_and_exit_1(tmp_path, args, message):
     assert message.format(tmp=tmp_path) in lines[0]
     assert "Traceback" not in result.output
     assert not (tmp_path / "results.json").exists()
+
+
+def write_long(path, parts, documents=1):
+    """`documents` long documents, each `parts` held-out facts documents joined, with all their questions."""
+    records = synthetic_facts(**FACTS_DATA)["test"].select(range(parts * documents))
+    rows = [records.select(range(start, start + parts)) for start in range(0, parts * documents, parts)]
+    path.write_text("".join(json.dumps({"context": " ".join(rows_["context"]),
+                                        "questions": [q for qs in rows_["questions"] for q in qs],
+                                        "answers": [a for answers in rows_["answers"] for a in answers]}) + "\n"
+                            for rows_ in rows))
+    return path
+
+
+def test_eval_routes_the_questions_of_long_documents_to_their_chunks(tmp_path):
+    data = write_long(tmp_path / "long.jsonl", 4, documents=2)
+    output = tmp_path / "results.json"
+    arguments = ["eval", "--model", str(FACTS_SHINE), "--data", str(data), "--output", str(output), "--conditions",
+                 "shine,question_only", "--max-new-tokens", "8", "--threads", "1", "--chunk-tokens", "40"]
+    result = runner.invoke(app, [*arguments, "--compose", "route"])
+    assert result.exit_code == 0, result.output
+    assert "48 questions about 2 documents; SHINE reads documents over 40 tokens in chunks, routed: top-1 chunk " \
+           "per question" in " ".join(result.stdout.split())
+    results = json.loads(output.read_text())
+    assert results["settings"]["chunking"] == {"chunk_tokens": 40, "overlap_tokens": 0, "compose": "route",
+                                               "top_k": 1}
+    assert results["summary"]["shine"]["f1"] == 1.0 and results["summary"]["shine"]["chunks_per_document"] == 4
+    assert results["summary"]["question_only"]["f1"] <= 0.3
+    refused = runner.invoke(app, [*arguments, "--compose", "concat"])  # another reading of the same results file
+    one_line_error(refused, f"{output} holds a run with other settings (chunking)")
+    assert json.loads(output.read_text()) == results
 
 
 def _command(data, output):
@@ -128,3 +170,11 @@ def test_a_killed_process_resumes_with_the_same_command(tmp_path):
     expected = json.loads(uninterrupted.read_text())
     assert _unmeasured(final["summary"]) == _unmeasured(expected["summary"])
     assert [r["predictions"] for r in final["examples"]] == [r["predictions"] for r in expected["examples"]]
+
+
+def test_the_compose_choices_are_run_evals():
+    """eval's --compose choices are declared without importing the runner (it imports torch): the same values."""
+    from shine_hf.cli.eval import EvalCompose
+    from shine_hf.evaluation.runner import COMPOSE_MODES
+
+    assert [choice.value for choice in EvalCompose] == list(COMPOSE_MODES)

@@ -11,7 +11,7 @@
 | `--max-new-tokens N` | the longest answer, in tokens |
 | `--out`, `-o PATH` | where the command writes what it makes (a directory, or eval's results file) |
 | `--seed N` | the seed of anything random |
-| `--compose METHOD` | how several adapters become one (concat or mean) |
+| `--compose METHOD` | how several adapters become one (concat or mean; eval also: route) |
 | `--chunk-tokens N`, `--overlap-tokens N` | how documents too long to read at once are cut |
 | `--route` | keep a document as one adapter per chunk; each question is answered from the chunks it matches |
 | `--top-k K` | with routing: the chunks each question is answered from (composed with `--compose`) |
@@ -76,11 +76,10 @@ def compose_option(help: str) -> Any:
     return typer.Option("--compose", help=help)
 
 
-def chunk_tokens_option() -> Any:
-    return typer.Option("--chunk-tokens", metavar="N", min=1,
-                        help="Read documents longer than N tokens in chunks of at most N tokens, cut at sentence "
-                             "ends (default: only those the backbone cannot read whole, in the longest chunks it "
-                             "can).")
+def chunk_tokens_option(help: str = "Read documents longer than N tokens in chunks of at most N tokens, cut at "
+                                   "sentence ends (default: only those the backbone cannot read whole, in the "
+                                   "longest chunks it can).") -> Any:
+    return typer.Option("--chunk-tokens", metavar="N", min=1, help=help)
 
 
 def overlap_tokens_option() -> Any:

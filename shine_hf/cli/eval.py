@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -9,14 +10,23 @@ import typer
 
 from ._common import console, error_console, fail_cleanly, print_success, unescape
 from ._options import (
+    ComposeMethod,
     backbone_option,
     batch_size_option,
+    chunk_tokens_option,
+    compose_option,
     device_option,
     dtype_option,
     max_new_tokens_option,
     model_option,
     out_option,
+    overlap_tokens_option,
+    top_k_option,
 )
+
+# What becomes of a long document's chunk adapters: composed into one (ComposeMethod), or routed.
+# The same values as shine_hf.evaluation.runner.COMPOSE_MODES (not imported here: it imports torch).
+EvalCompose = StrEnum("EvalCompose", {**{m.name: m.value for m in ComposeMethod}, "route": "route"})
 
 
 def eval_command(
@@ -52,6 +62,17 @@ def eval_command(
     chart: Annotated[Path | None, typer.Option("--chart", help="PNG bar chart (default: the output path with "
                                                                ".png).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the SFT LoRA initialisation.")] = 0,
+    chunk_tokens: Annotated[int | None, chunk_tokens_option(
+        "SHINE reads documents longer than N tokens in chunks of at most N tokens, cut at sentence ends "
+        "(default: every document whole; one longer than the backbone reads is an error).")] = None,
+    overlap_tokens: Annotated[int, overlap_tokens_option()] = 0,
+    compose: Annotated[EvalCompose, compose_option(
+        "With --chunk-tokens, what becomes of a long document's chunk adapters: concat (one adapter, the sum "
+        "of their deltas), mean (one adapter, their average) or route (kept apart: each question is answered "
+        "from the chunks it matches best, BM25 over their words).")] = EvalCompose.concat,
+    top_k: Annotated[int | None, top_k_option(
+        "With --compose route: answer each question from the K chunks that match it best, composed by concat "
+        "(default 1; a document with fewer chunks: all of them).")] = None,
     backbone: Annotated[str | None, backbone_option()] = None,
     dtype: Annotated[str | None, dtype_option()] = None,
     device: Annotated[str | None, device_option()] = None,
@@ -64,12 +85,14 @@ def eval_command(
       shine eval --model ./my-shine --data dev.jsonl --out results.json
       shine eval --model org/shine-qwen3-8b --data rajpurkar/squad \
           --split validation --limit 500 --device cuda --dtype bfloat16
+      shine eval --model ./my-shine --data long.jsonl \
+          --conditions shine,question_only --chunk-tokens 1024 --compose route
     """
     import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ..evaluation import SftConfig, run_eval
-    from ..evaluation.report import CONDITION_LABELS, summary_table
+    from ..evaluation.report import CONDITION_LABELS, chunking_label, summary_table
     from ..modeling.errors import InvalidInputError
     from ..modeling.prompting import IN_CONTEXT_TEMPLATE
     from ._model import check_device
@@ -95,10 +118,14 @@ def eval_command(
             batch_size=batch_size, output=output, chart=chart or output.with_suffix(".png"),
             max_new_tokens=max_new_tokens, system_prompt=system_prompt,
             context_template=IN_CONTEXT_TEMPLATE if context_template is None else unescape(context_template),
-            sft=SftConfig(steps=sft_steps, learning_rate=sft_lr), seed=seed, backbone=backbone, dtype=dtype,
-            device=device, progress=progress,
+            sft=SftConfig(steps=sft_steps, learning_rate=sft_lr), seed=seed, chunk_tokens=chunk_tokens,
+            overlap_tokens=overlap_tokens, compose=compose.value, top_k=1 if top_k is None else top_k,
+            backbone=backbone, dtype=dtype, device=device, progress=progress,
         )
     data_block = results["data"]
-    console.print(summary_table(results["summary"], title=f"{data_block['source']}: {data_block['examples']} "
-                                                          f"questions about {data_block['documents']} documents"))
+    title = f"{data_block['source']}: {data_block['examples']} questions about {data_block['documents']} documents"
+    chunking = results["settings"]["chunking"]
+    if chunking is not None:
+        title += f"; {chunking_label(chunking)}"
+    console.print(summary_table(results["summary"], title=title))
     print_success(f"Results → {output}; chart → {chart or output.with_suffix('.png')}")
