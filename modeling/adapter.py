@@ -25,7 +25,7 @@ import os
 import re
 import tempfile
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -576,13 +576,8 @@ class ShineAdapter:
         """
         self._require_single("push_to_hub")
         self.base_model_name_or_path = hub_base_model(self.base_model_name_or_path, base_model_name_or_path, "adapter")
-
-        def write(folder: str, repo: str) -> None:
-            self.card_info = {**(getattr(self, "card_info", None) or {}), "repo_id": repo}
-            self.save_pretrained(folder)
-
-        return push_folder(repo_id, write, commit_message=commit_message, commit_description=commit_description,
-                           private=private, token=token, revision=revision, create_pr=create_pr)
+        return push_saved(self, repo_id, commit_message=commit_message, commit_description=commit_description,
+                          private=private, token=token, revision=revision, create_pr=create_pr)
 
     def __repr__(self) -> str:
         ranks = sorted(set(self.module_ranks.values()))
@@ -611,9 +606,9 @@ def hub_base_model(current: str | None, given: str | None, what: str) -> str | N
     return name
 
 
-def push_folder(
+def push_saved(
+    saved: Any,
     repo_id: str,
-    write: Callable[[str, str], None],
     *,
     commit_message: str,
     commit_description: str | None,
@@ -622,17 +617,19 @@ def push_folder(
     revision: str | None,
     create_pr: bool,
 ) -> CommitInfo:
-    """Create `repo_id` if needed (and the branch `revision`, from the default branch), let
-    `write(folder, repo_id)` fill a temporary folder (`repo_id` as the Hub names it) and upload that
-    folder in one commit. Returns the `huggingface_hub.CommitInfo`."""
+    """Create `repo_id` if needed (and the branch `revision`, from the default branch), write `saved`
+    (an adapter or a router) into a temporary folder with its `save_pretrained`, its card naming the
+    repo (`card_info["repo_id"]`), and upload that folder in one commit. Returns the
+    `huggingface_hub.CommitInfo`."""
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)
     repo = api.create_repo(repo_id, private=private, exist_ok=True)
     if revision is not None and not revision.startswith("refs/pr"):
         api.create_branch(repo.repo_id, branch=revision, exist_ok=True)
+    saved.card_info = {**(getattr(saved, "card_info", None) or {}), "repo_id": repo.repo_id}
     with tempfile.TemporaryDirectory() as tmp:
-        write(tmp, repo.repo_id)
+        saved.save_pretrained(tmp)
         return api.upload_folder(
             repo_id=repo.repo_id, folder_path=tmp, commit_message=commit_message,
             commit_description=commit_description, revision=revision, create_pr=create_pr,
