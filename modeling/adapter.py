@@ -26,7 +26,7 @@ import re
 import tempfile
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors.torch import save_file
@@ -48,6 +48,9 @@ from .peft_io import (
     read_peft_weights,
 )
 from .pretrained import is_local_reference
+
+if TYPE_CHECKING:
+    from huggingface_hub import CommitInfo
 
 ADAPTER_CARD_NAME = "README.md"
 # What an adapter save writes or replaces; other files in the directory are left alone.
@@ -571,27 +574,10 @@ class ShineAdapter:
             ConfigError: the base model would be a path of this machine.
             IncompatibleAdapterError: the adapter is a batch (push `adapter[i]`).
         """
-        from huggingface_hub import HfApi
-
         self._require_single("push_to_hub")
-        name = self.base_model_name_or_path if base_model_name_or_path is None else base_model_name_or_path
-        if name is not None and is_local_reference(name):
-            raise ConfigError(
-                f"The adapter's base model is the local path {name!r}, which means nothing on the Hub: pass "
-                f"push_to_hub(..., base_model_name_or_path='org/name') with the backbone's Hub id."
-            )
-        self.base_model_name_or_path = name
-        api = HfApi(token=token)
-        repo = api.create_repo(repo_id, private=private, exist_ok=True)
-        if revision is not None and not revision.startswith("refs/pr"):
-            api.create_branch(repo.repo_id, branch=revision, exist_ok=True)
-        self.card_info = {**(getattr(self, "card_info", None) or {}), "repo_id": repo.repo_id}
-        with tempfile.TemporaryDirectory() as tmp:
-            self.save_pretrained(tmp)
-            return api.upload_folder(
-                repo_id=repo.repo_id, folder_path=tmp, commit_message=commit_message,
-                commit_description=commit_description, revision=revision, create_pr=create_pr,
-            )
+        self.base_model_name_or_path = hub_base_model(self.base_model_name_or_path, base_model_name_or_path, "adapter")
+        return push_saved(self, repo_id, commit_message=commit_message, commit_description=commit_description,
+                          private=private, token=token, revision=revision, create_pr=create_pr)
 
     def __repr__(self) -> str:
         ranks = sorted(set(self.module_ranks.values()))
@@ -600,6 +586,53 @@ class ShineAdapter:
             f"ShineAdapter(batch={len(self)}, layers={self.num_layers}, {rank}, "
             f"targets={[t.name for t in self.targets]}, bias_deltas={self.has_bias_deltas}, "
             f"base_model={self.base_model_name_or_path!r})"
+        )
+
+
+# ---------------------------------------------------------------------- Hub pushes (adapters and routers)
+def hub_base_model(current: str | None, given: str | None, what: str) -> str | None:
+    """The base model a push of an adapter (or of a router, `what`) names: `given` if not None, else
+    `current`.
+
+    Raises:
+        ConfigError: that is a local path, which means nothing on the Hub.
+    """
+    name = current if given is None else given
+    if name is not None and is_local_reference(name):
+        raise ConfigError(
+            f"The {what}'s base model is the local path {name!r}, which means nothing on the Hub: pass "
+            f"push_to_hub(..., base_model_name_or_path='org/name') with the backbone's Hub id."
+        )
+    return name
+
+
+def push_saved(
+    saved: Any,
+    repo_id: str,
+    *,
+    commit_message: str,
+    commit_description: str | None,
+    private: bool | None,
+    token: bool | str | None,
+    revision: str | None,
+    create_pr: bool,
+) -> CommitInfo:
+    """Create `repo_id` if needed (and the branch `revision`, from the default branch), write `saved`
+    (an adapter or a router) into a temporary folder with its `save_pretrained`, its card naming the
+    repo (`card_info["repo_id"]`), and upload that folder in one commit. Returns the
+    `huggingface_hub.CommitInfo`."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    repo = api.create_repo(repo_id, private=private, exist_ok=True)
+    if revision is not None and not revision.startswith("refs/pr"):
+        api.create_branch(repo.repo_id, branch=revision, exist_ok=True)
+    saved.card_info = {**(getattr(saved, "card_info", None) or {}), "repo_id": repo.repo_id}
+    with tempfile.TemporaryDirectory() as tmp:
+        saved.save_pretrained(tmp)
+        return api.upload_folder(
+            repo_id=repo.repo_id, folder_path=tmp, commit_message=commit_message,
+            commit_description=commit_description, revision=revision, create_pr=create_pr,
         )
 
 

@@ -94,16 +94,19 @@ def import_peft() -> Any:
     return peft
 
 
-def check_hub_kwargs(hub_kwargs: dict[str, Any]) -> None:
-    """TypeError naming any keyword that `huggingface_hub.hf_hub_download` would not take."""
+def check_hub_kwargs(hub_kwargs: dict[str, Any], download: Any = None,
+                     caller: str = "ShineAdapter.from_pretrained") -> None:
+    """TypeError naming any keyword of `caller` that `download` (default:
+    `huggingface_hub.hf_hub_download`) would not take besides what the caller sets itself."""
     import inspect
 
     from huggingface_hub import hf_hub_download
 
-    accepted = set(inspect.signature(hf_hub_download).parameters) - {"repo_id", "filename", "revision", "repo_type"}
+    own = {"repo_id", "filename", "revision", "repo_type", "allow_patterns", "ignore_patterns", "dry_run"}
+    accepted = set(inspect.signature(download or hf_hub_download).parameters) - own
     unknown = sorted(set(hub_kwargs) - accepted)
     if unknown:
-        raise TypeError(f"ShineAdapter.from_pretrained() got unexpected keyword argument(s) {unknown}.")
+        raise TypeError(f"{caller}() got unexpected keyword argument(s) {unknown}.")
 
 
 def _file_label(path_or_repo_id: str | os.PathLike, filename: str, subfolder: str | None) -> str:

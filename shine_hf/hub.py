@@ -1,4 +1,4 @@
-"""Model cards for hypernetwork checkpoints and adapters, and Hub helpers.
+"""Model cards for hypernetwork checkpoints, adapters and routers, and Hub helpers.
 
 Importing `shine_hf` registers the renderers below with the model code, so every
 `save_pretrained` / `push_to_hub` writes a README.md rendered from `templates/model_card.md` with
@@ -27,6 +27,11 @@ def _backbone_url(name: str | None) -> str:
     if not name or name.startswith(("/", ".")):
         return "#"
     return f"https://huggingface.co/{name}"
+
+
+def _base_model(name: str | None) -> tuple[str | None, str]:
+    """(the Hub id for the card's `base_model` metadata, None for a local path; the name shown)."""
+    return (name if name and not is_local_reference(name) else None), name or "<base model>"
 
 
 def render_model_card(model: Any) -> str:
@@ -81,9 +86,7 @@ def render_adapter_card(adapter: Any) -> str:
     """README.md of a generated adapter (`ShineAdapter`): a PEFT LoRA for the backbone.
 
     The `base_model` metadata and link are set only for a Hub id, never for a local path."""
-    backbone = adapter.base_model_name_or_path
-    hub_id = backbone if backbone and not is_local_reference(backbone) else None
-    shown = backbone or "<base model>"
+    hub_id, shown = _base_model(adapter.base_model_name_or_path)
     card_data = ModelCardData(
         library_name="peft",
         base_model=hub_id,
@@ -114,6 +117,48 @@ def render_adapter_card(adapter: Any) -> str:
         backbone=shown,
         backbone_url=_backbone_url(hub_id),
         backbone_revision=adapter.base_model_revision,
+        details=details,
+        training=None,
+        metrics=None,
+        usage=usage,
+    ).content
+
+
+def render_router_card(router: Any) -> str:
+    """README.md of a saved router (`shine_hf.routing.RoutedAdapter`): chunk adapters (standard PEFT
+    adapters in `chunk-NNNNN/`) with the chunk texts they are routed by."""
+    hub_id, shown = _base_model(router.base_model_name_or_path)
+    card_data = ModelCardData(library_name="peft", base_model=hub_id, tags=[*TAGS, "peft", "routing"],
+                              license=LICENSE, pipeline_tag="text-generation")
+    repo = (getattr(router, "card_info", None) or {}).get("repo_id", "<this-repo>")
+    chunks = "1 chunk" if len(router) == 1 else f"{len(router)} chunks"
+    best = ("the adapter of the chunk whose text matches it best" if router.top_k == 1 else
+            f"the adapters of the {router.top_k} chunks whose texts match it best (composed with `{router.method}`)")
+    usage = (
+        "from shine_hf import RoutedAdapter, ShineForCausalLM\n\n"
+        f'model = ShineForCausalLM.from_pretrained("<a SHINE checkpoint for {shown}>")\n'
+        f'router = RoutedAdapter.from_pretrained("{repo}")\n'
+        'print(model.generate_text("Who signed the contract?", adapter=router))\n\n'
+        f"# in a terminal: shine chat --model <the SHINE checkpoint> -a {repo}"
+    )
+    details = {
+        "chunks": len(router),
+        "top-k": router.top_k,
+        "composition of the top-k": f"`{router.method}`",
+        "routing": "BM25+ over the chunk texts (in `shine_router.json`)",
+        "LoRA rank per chunk": router.adapters.rank,
+    }
+    return ModelCard.from_template(
+        card_data,
+        template_str=_template(),
+        title=f"SHINE router for {shown}",
+        summary=f"A long document kept as {chunks}, each with the LoRA adapter a SHINE hypernetwork wrote from "
+                f"it. Every question is answered from {best}, without the document in the prompt. Each "
+                '`chunk-NNNNN/` folder is a standard PEFT adapter '
+                '(`PeftModel.from_pretrained(backbone, repo, subfolder="chunk-00000")`).',
+        backbone=shown,
+        backbone_url=_backbone_url(hub_id),
+        backbone_revision=router.adapters.base_model_revision,
         details=details,
         training=None,
         metrics=None,

@@ -154,8 +154,8 @@ def test_route_chunk_size_overlap_and_mean_and_peft_loads_every_chunk(tmp_path):
     chunks = split_text(text, model.tokenizer, 40, 8)
     assert f"(routed: {len(chunks)} chunks, top-1, mean)" in result.stdout
     directory = out / "four"
-    assert sorted(p.name for p in directory.iterdir()) == [f"chunk-{i:05d}" for i in range(len(chunks))] + [
-        ROUTER_CONFIG_NAME]
+    assert sorted(p.name for p in directory.iterdir()) == ["README.md", *(f"chunk-{i:05d}" for i in range(len(chunks))),
+                                                          ROUTER_CONFIG_NAME]
     router = RoutedAdapter.from_pretrained(directory)
     assert (router.chunks, router.top_k, router.method) == (chunks, 1, "mean")
     expected = RoutedAdapter.from_document(model, text, chunk_tokens=40, overlap_tokens=8)
@@ -191,7 +191,7 @@ def test_a_router_and_an_adapter_replace_each_other_without_leftovers(tmp_path, 
     assert result.exit_code == 0, result.output
     router = RoutedAdapter.from_pretrained(out / "doc0")
     assert len(router) > 1
-    assert _entries(out / "doc0") == sorted([*mine, *(f"chunk-{i:05d}" for i in range(len(router))),
+    assert _entries(out / "doc0") == sorted([*mine, "README.md", *(f"chunk-{i:05d}" for i in range(len(router))),
                                              ROUTER_CONFIG_NAME])
     assert runner.invoke(app, base).exit_code == 0
     assert _entries(out / "doc0") == plain and not is_router_directory(out / "doc0")

@@ -109,7 +109,8 @@ def test_save_and_load_round_trip_and_a_smaller_router_leaves_no_stale_chunk(chu
         assert _same_deltas(loaded.adapters, chunk_adapters[row], row=row)
     (target / "notes.txt").write_text("mine")  # a user's file beside the router is kept
     RoutedAdapter(chunk_adapters[:2], CHUNKS[:2]).save_pretrained(target)
-    assert sorted(p.name for p in target.iterdir()) == ["chunk-00000", "chunk-00001", "notes.txt", ROUTER_CONFIG_NAME]
+    assert sorted(p.name for p in target.iterdir()) == ["README.md", "chunk-00000", "chunk-00001", "notes.txt",
+                                                        ROUTER_CONFIG_NAME]
     assert RoutedAdapter.from_pretrained(target, top_k=2).top_k == 2
 
 

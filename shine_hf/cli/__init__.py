@@ -58,7 +58,7 @@ COMMANDS: dict[str, CommandEntry] = {
                          extra="eval"),
     "convert": CommandEntry("convert:convert", "Convert a released SHINE checkpoint to the shine-hf format."),
     "train": CommandEntry("train:train_command", "Train a SHINE hypernetwork on a frozen backbone.", extra="train"),
-    "push": CommandEntry("push:push_command", "Upload a SHINE checkpoint or an adapter to the Hub."),
+    "push": CommandEntry("push:push_command", "Upload a SHINE checkpoint, adapter or router to the Hub."),
     "demo": CommandEntry("demo:demo", "Internalize a document and ask it questions in the browser.",
                          extra="demo"),
 }

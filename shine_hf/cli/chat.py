@@ -1,7 +1,8 @@
 """`shine chat`: ask questions about documents (internalized on start) or saved adapters, in the terminal.
 
-A router (`shine internalize --route` output, or `--route` with one document) answers each question
-from the adapters of the chunks it matches best (`shine_hf.routing.RoutedAdapter`).
+A router (`shine internalize --route` output, a Hub repo it was pushed to, or `--route` with one
+document) answers each question from the adapters of the chunks it matches best
+(`shine_hf.routing.RoutedAdapter`).
 
 On a terminal it is an interactive prompt; through a pipe it reads one question per line and
 writes one answer per line on stdout (everything else goes to stderr), so it can be scripted.
@@ -61,8 +62,8 @@ def chat_command(
     adapter: Annotated[list[str] | None, typer.Option(
         "--adapter", "-a", metavar="DIR", show_default=False,
         help="A saved adapter (shine internalize output, or a Hub repo id) to answer from (repeat for several: "
-             "they are composed). A router directory (shine internalize --route) answers alone, each question "
-             "from the chunks it matches best.")] = None,
+             "they are composed). A router (a directory written by shine internalize --route, or a Hub repo it "
+             "was pushed to) answers alone, each question from the chunks it matches best.")] = None,
     compose: Annotated[ComposeMethod | None, compose_option(
         "How several documents or adapters (and a long document's chunks; with routing, a question's top-K "
         "chunks) become one: concat (the sum of their deltas) or mean (their average). Default: concat; a "
@@ -96,19 +97,21 @@ def chat_command(
     with /context on, each line is the SHINE answer, a tab, then the answer with the documents in
     the prompt).
 
-    With a router (--route over one document, or --adapter DIR written by shine internalize --route),
-    each question is instead answered from the adapters of the chunks it matches best (BM25 over
-    the chunk texts), --top-k of them composed with --compose.
+    With a router (--route over one document, or --adapter with a directory written by shine
+    internalize --route or the Hub repo it was pushed to), each question is instead answered from
+    the adapters of the chunks it matches best (BM25 over the chunk texts), --top-k of them composed
+    with --compose.
 
     Examples:
       shine chat --model org/shine-qwen3-8b --document contract.txt
       shine chat --model org/shine-qwen3-8b -a adapters/a -a adapters/b
       shine chat --model ./my-shine -d report.txt < questions.txt > answers.txt
       shine chat --model ./my-shine -a routers/book --top-k 2
+      shine chat --model org/shine-qwen3-8b -a org/book-router
       shine chat --model ./my-shine -d book.txt --route --chunk-tokens 512
     """
     from ..modeling.errors import InvalidInputError
-    from ..routing import is_router_directory
+    from ..routing import is_router
     from ._documents import read_documents
     from ._model import check_chunk_options, compose_adapters, internalize_documents, load_model, route_documents
 
@@ -117,7 +120,7 @@ def chat_command(
     with fail_cleanly():
         if not document and not adapter:
             raise InvalidInputError("Nothing to chat about: give --document FILE or --adapter DIR (or several).")
-        routers = [name for name in adapter or [] if is_router_directory(name)]
+        routers = [name for name in adapter or [] if is_router(name)]  # a Hub id: one lookup
         _check_routing(route, top_k, document or [], adapter or [], routers)
         documents = read_documents(document or [])
         check_chunk_options(chunk_tokens, overlap_tokens)
@@ -171,7 +174,7 @@ def _check_routing(route: bool, top_k: int | None, documents: list[Path], adapte
                                 f"be combined with other adapters or documents.")
     if top_k is not None and not (route or routers):
         raise InvalidInputError("--top-k applies to routing: add --route (with one --document), or give a router "
-                                "directory (shine internalize --route) with --adapter.")
+                                "(shine internalize --route, or the Hub repo it was pushed to) with --adapter.")
 
 
 def _read_router(name: str, top_k: int | None, method: str | None) -> RoutedAdapter:

@@ -1,4 +1,4 @@
-"""`shine push`: upload a saved SHINE checkpoint or a saved adapter to the Hub, in one commit."""
+"""`shine push`: upload a saved SHINE checkpoint, adapter or router to the Hub, in one commit."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ from ._options import backbone_option, revision_option
 def push_command(
     source: Annotated[Path, typer.Argument(
         metavar="SOURCE", show_default=False,
-        help="A saved SHINE checkpoint (config.json: shine convert, shine train, save_pretrained) or a saved "
-             "adapter (adapter_config.json: shine internalize, ShineAdapter.save_pretrained).")],
+        help="A saved SHINE checkpoint (config.json: shine convert, shine train, save_pretrained), a saved "
+             "adapter (adapter_config.json: shine internalize, ShineAdapter.save_pretrained) or a saved router "
+             "(shine_router.json: shine internalize --route, RoutedAdapter.save_pretrained).")],
     repo_id: Annotated[str, typer.Argument(
         metavar="REPO_ID", show_default=False, help="The Hub repo to push to (created if needed), e.g. org/name.")],
     backbone: Annotated[str | None, backbone_option(
@@ -30,31 +31,35 @@ def push_command(
     revision: Annotated[str | None, revision_option(
         "Branch to push to (created from the default branch if needed).")] = None,
     commit_message: Annotated[str | None, typer.Option(
-        "--commit-message", metavar="TEXT", help="Message of the commit (default: 'Upload SHINE hypernetwork' "
-                                                 "or 'Upload SHINE adapter').")] = None,
+        "--commit-message", metavar="TEXT", help="Message of the commit (default: 'Upload SHINE hypernetwork', "
+                                                 "'Upload SHINE adapter' or 'Upload SHINE router').")] = None,
     create_pr: Annotated[bool, typer.Option(
         "--create-pr", help="Open a pull request instead of committing to the branch.")] = False,
     token: Annotated[str | None, typer.Option(
         "--token", metavar="TOKEN", help="Hub token (default: HF_TOKEN or the one saved by 'hf auth login').")]
     = None,
 ) -> None:
-    """Upload a saved SHINE checkpoint or adapter to the Hub, in one commit.
+    """Upload a saved SHINE checkpoint, adapter or router to the Hub, in one commit.
 
     A checkpoint is pushed with its config, model code (for trust_remote_code loading), card and
     tokenizer; the backbone's weights are neither read nor uploaded. An adapter is pushed as the
-    standard PEFT adapter it is, with its card.
+    standard PEFT adapter it is, with its card; a router as its directory (a PEFT adapter per chunk,
+    shine_router.json, a card), which shine chat -a REPO_ID then routes.
 
     Examples:
       shine push runs/ift org/shine-qwen3-8b --backbone Qwen/Qwen3-8B --private
       shine push adapters/contract org/contract-lora --revision v1
+      shine push routers/book org/book-router --backbone Qwen/Qwen3-8B
     """
     options: dict[str, Any] = {"private": private, "revision": revision, "create_pr": create_pr, "token": token}
     if commit_message is not None:
         options["commit_message"] = commit_message
     with fail_cleanly():
         kind = _kind(source)
-        push = _push_adapter if kind == "adapter" else _push_checkpoint
-        url = push(source, repo_id, backbone, options)
+        if kind == "checkpoint":
+            url = _push_checkpoint(source, repo_id, backbone, options)
+        else:
+            url = _push_adapter(source, repo_id, backbone, options, kind)
     print_success(f"Pushed the {kind} {source} → {url}")
 
 
@@ -80,28 +85,33 @@ def _hub_errors(source: Path, repo_id: str) -> Iterator[None]:
 
 
 def _kind(source: Path) -> str:
-    """`"adapter"` or `"checkpoint"`, from the config file the directory holds."""
+    """`"adapter"`, `"router"` or `"checkpoint"`, from the config file the directory holds."""
     from ..modeling.errors import CheckpointError
     from ..modeling.peft_io import ADAPTER_CONFIG_NAME
     from ..modeling.pretrained import CONFIG_NAME
+    from ..routing import ROUTER_CONFIG_NAME
 
     if not source.is_dir():
-        raise CheckpointError(f"{source} is not a directory: SOURCE is a saved SHINE checkpoint or adapter.")
-    found = [(source / name).is_file() for name in (ADAPTER_CONFIG_NAME, CONFIG_NAME)]
-    if all(found):
-        raise CheckpointError(f"{source} holds both {ADAPTER_CONFIG_NAME} and {CONFIG_NAME}: it is unclear whether "
-                              f"to push an adapter or a checkpoint.")
-    if not any(found):
-        raise CheckpointError(f"{source} holds neither {ADAPTER_CONFIG_NAME} (an adapter) nor {CONFIG_NAME} (a SHINE "
-                              f"checkpoint).")
-    return "adapter" if found[0] else "checkpoint"
+        raise CheckpointError(f"{source} is not a directory: SOURCE is a saved SHINE checkpoint, adapter or router.")
+    markers = {ADAPTER_CONFIG_NAME: "adapter", CONFIG_NAME: "checkpoint", ROUTER_CONFIG_NAME: "router"}
+    what = {"adapter": "an adapter", "router": "a router", "checkpoint": "a SHINE checkpoint"}
+    found = [name for name in markers if (source / name).is_file()]
+    if len(found) > 1:
+        raise CheckpointError(f"{source} holds both {found[0]} and {found[1]}: it is unclear whether to push "
+                              f"{what[markers[found[0]]]} or {what[markers[found[1]]]}.")
+    if not found:
+        raise CheckpointError(f"{source} holds neither " + " nor ".join(f"{name} ({what[kind]})" for name, kind in
+                                                                       markers.items()) + ".")
+    return markers[found[0]]
 
 
-def _push_adapter(source: Path, repo_id: str, backbone: str | None, options: dict[str, Any]) -> str:
+def _push_adapter(source: Path, repo_id: str, backbone: str | None, options: dict[str, Any], kind: str) -> str:
+    """Push a saved adapter or router (`kind`), after checking the base model it will name."""
     from ..modeling import ShineAdapter
+    from ..routing import RoutedAdapter
 
-    with console.status(f"Reading the adapter {source}"):
-        adapter = ShineAdapter.from_pretrained(source)
+    with console.status(f"Reading the {kind} {source}"):
+        adapter = (RoutedAdapter if kind == "router" else ShineAdapter).from_pretrained(source)
     _check_hub_reference(adapter.base_model_name_or_path if backbone is None else backbone)
     with console.status(f"Pushing to {repo_id}"), _hub_errors(source, repo_id):
         return str(adapter.push_to_hub(repo_id, base_model_name_or_path=backbone, **options))
