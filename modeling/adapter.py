@@ -166,20 +166,7 @@ class ShineAdapter:
         first = adapters[0]
         for other in adapters[1:]:
             first.check_same_layout(other, ignore_rank=True)
-        if all(other._layout() == first._layout() for other in adapters[1:]):
-            lora = {
-                layer: {
-                    name: LoraWeights(
-                        torch.cat([a.lora[layer][name].A for a in adapters]),
-                        torch.cat([a.lora[layer][name].B for a in adapters]),
-                        None if w.C is None else torch.cat([a.lora[layer][name].C for a in adapters]),
-                    )
-                    for name, w in modules.items()
-                }
-                for layer, modules in first.lora.items()
-            }
-        else:
-            lora = stack_loras([a.lora for a in adapters])
+        lora = stack_loras([a.lora for a in adapters])  # pads nothing when every rank already matches
         return first._with(lora)
 
     @classmethod
